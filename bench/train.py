@@ -1,0 +1,88 @@
+"""Training throughput and MFU of a config's model, against this machine's measured matmul peak.
+
+    python bench/train.py                                  # toy config, the pretraining batch shape
+    python bench/train.py --config configs/toy.json --batch-size 16 --seq-len 256 --steps 10
+
+MFU = (train FLOPs per token, from model.counters: 6 x active params + attention) x tokens/s / peak FLOP/s,
+where the peak is the best timed square matmul (common.get_peak_flops: fp32 on CPU, bf16 on CUDA). Data are
+random tokens: the cost of a step does not depend on them. Prints a markdown table and writes it under
+bench/results/.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import get_peak_flops  # noqa: E402
+from model import ModelArgs, Transformer  # noqa: E402
+from sft import SFTConfig, make_optimizer  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "toy.json"))
+    ap.add_argument("--batch-size", type=int, default=None, help="default: the config's pretrain batch_size")
+    ap.add_argument("--seq-len", type=int, default=None, help="default: the config's pretrain seq_len")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--vocab-size", type=int, default=None, help="default: the toy tokenizer's size if present")
+    a = ap.parse_args()
+    with open(a.config) as f:
+        cfg = json.load(f)
+    pre = cfg.get("pretrain", {})
+    B, T = a.batch_size or pre.get("batch_size", 16), a.seq_len or pre.get("seq_len", 256)
+    margs = ModelArgs.from_json(a.config)
+    if a.vocab_size:
+        margs.vocab_size = a.vocab_size
+    else:
+        try:
+            import data
+            margs.vocab_size = data.get_tokenizer(cfg.get("tokenizer", "toy")).vocab_size
+        except Exception:
+            pass
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model = Transformer(margs).to(device).train()
+    opt = make_optimizer(model, SFTConfig())
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    x = torch.randint(0, margs.vocab_size, (B, T + 1), device=device)
+    times = []
+    for i in range(a.warmup + a.steps):
+        t0 = time.perf_counter()
+        with autocast:
+            _, loss, _ = model(x[:, :-1], x[:, 1:])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        model.update_bias()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= a.warmup:
+            times.append(time.perf_counter() - t0)
+    c = model.counters(seq_len=T)
+    step = sorted(times)[len(times) // 2]                       # median step time
+    tok_s = B * T / step
+    peak = get_peak_flops(device)
+    achieved = c["train_flops_per_token"] * tok_s
+    rows = [("device", f"{device.type} ({torch.get_num_threads()} threads)" if device.type == "cpu"
+             else torch.cuda.get_device_name()),
+            ("config", os.path.basename(a.config)), ("batch x seq_len", f"{B} x {T}"),
+            ("params total / active", f"{c['total_params'] / 1e6:.2f}M / {c['active_params'] / 1e6:.2f}M"),
+            ("train FLOPs/token", f"{c['train_flops_per_token'] / 1e6:.1f}M"),
+            ("step time (median)", f"{step * 1e3:.0f} ms"), ("tokens/s", f"{tok_s:,.0f}"),
+            ("achieved", f"{achieved / 1e9:.1f} GFLOP/s"), ("measured matmul peak", f"{peak / 1e9:.1f} GFLOP/s"),
+            ("MFU", f"{100 * achieved / peak:.1f}%")]
+    table = "| quantity | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    print(table)
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"train_{device.type}.md"), "w") as f:
+        f.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""Next-token training with a loss mask: pretraining (every token counts) and SFT (completion tokens only).
+
+The same loop serves the toy base model's pretraining, the cold-start SFT, the rejection-sampling SFT and the
+distillation of students (R1 §2.3, §2.4): only the data and the mask change.
+
+    python train_pipeline.py --stage pretrain --config toy                      # one process
+    torchrun --nproc_per_node=2 train_pipeline.py --stage pretrain --config toy  # DDP over gloo on CPU
+
+Data flow: examples (token ids + a 0/1 loss mask per token) are packed whole into rows of seq_len + 1 tokens
+(`pack_examples`); step s of training reads a fixed slice of a per-epoch permutation of the rows, so a step's
+batch depends only on (seed, s): a killed run resumed from its checkpoint sees exactly the batches it would
+have seen, and N ranks each take every N-th row of the same global batch.
+"""
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm import tqdm
+
+from common import (MetricsLogger, get_rng_state, load_checkpoint, load_model_state_dict, load_optimizer_state_dict,
+                    model_state_dict, optimizer_state_dict, print0, save_checkpoint, set_rng_state, unwrap)
+
+
+@dataclass
+class SFTConfig:
+    steps: int = 1000            # optimizer steps
+    batch_size: int = 32         # rows per optimizer step, over all ranks and micro-steps (the global batch)
+    grad_accum: int = 1          # micro-steps per optimizer step (batch_size / world / grad_accum rows each)
+    seq_len: int = 256           # tokens per row (each row holds seq_len + 1 tokens: inputs and shifted targets)
+    lr: float = 3e-3             # peak learning rate
+    min_lr_ratio: float = 0.1    # cosine decays to lr * min_lr_ratio (R1 cold start: 5e-5 -> 5e-6)
+    warmup: int = 50             # linear warmup steps
+    weight_decay: float = 0.1    # on matrices only (not norms, biases, embeddings' gains)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    ckpt_every: int = 200        # resumable checkpoint (model + optimizer + RNG) every N steps
+    log_every: int = 10
+    seed: int = 1337
+
+
+def pack_examples(examples, seq_len: int, pad_id: int):
+    """Greedy packing: whole examples (ids, mask) concatenated into rows of seq_len + 1 tokens.
+
+    An example never straddles two rows (so an SFT completion always sees its prompt); one longer than a row
+    is truncated. Attention still runs causally across the examples of a row (nanoGPT-style packing): each
+    example starts after an end-of-text token, which the model learns to treat as a reset.
+    Returns tokens (R, seq_len + 1) long and mask (R, seq_len + 1) bool, where mask[r, i] says whether token i
+    is a training target.
+    """
+    L = seq_len + 1
+    rows_t, rows_m, cur_t, cur_m = [], [], [], []
+    for ids, mask in examples:
+        ids, mask = list(ids[:L]), list(mask[:L])
+        if len(cur_t) + len(ids) > L:                       # the example does not fit: close the row
+            rows_t.append(cur_t + [pad_id] * (L - len(cur_t)))
+            rows_m.append(cur_m + [0] * (L - len(cur_m)))
+            cur_t, cur_m = [], []
+        cur_t += ids
+        cur_m += mask
+    if cur_t:
+        rows_t.append(cur_t + [pad_id] * (L - len(cur_t)))
+        rows_m.append(cur_m + [0] * (L - len(cur_m)))
+    if not rows_t:
+        raise ValueError("pack_examples: no examples to pack")
+    return torch.tensor(rows_t, dtype=torch.long), torch.tensor(rows_m, dtype=torch.bool)
+
+
+def batch_rows(n_rows: int, step: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Row indices of step `step`'s global batch: consecutive slices of one permutation per epoch."""
+    per_epoch = max(1, n_rows // batch_size)
+    epoch, i = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n_rows, generator=g)
+    idx = perm[i * batch_size:(i + 1) * batch_size]
+    if len(idx) < batch_size:                               # fewer rows than a batch: wrap around
+        idx = perm.repeat(math.ceil(batch_size / n_rows))[:batch_size]
+    return idx
+
+
+def lr_at(step: int, cfg: SFTConfig) -> float:
+    """Linear warmup, then cosine decay from lr to lr * min_lr_ratio."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: SFTConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (norm gains and 1-D params are not decayed)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+def train(model, tokens, mask, cfg: SFTConfig, dist, out_dir: str, *, resume: bool = False,
+          extra_ckpt: dict | None = None, desc: str = "train"):
+    """Train `model` (possibly DDP/FSDP-wrapped) on packed rows for cfg.steps optimizer steps.
+
+    tokens, mask: (R, seq_len + 1) from pack_examples. The loss of a step is the mean cross-entropy over all
+    target tokens of the global batch, whatever the ranks and micro-steps (each micro-batch's mean is weighted
+    by its share of the global token count), so 1 process and N processes follow the same curve.
+    Writes out_dir/metrics.jsonl and out_dir/ckpt.pt (resumable); returns the final step's metrics.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    ckpt_path = os.path.join(out_dir, "ckpt.pt")
+    core = unwrap(model)
+    opt = make_optimizer(model, cfg)
+    start = 0
+    if resume and os.path.exists(ckpt_path):
+        ck = load_checkpoint(ckpt_path)
+        load_model_state_dict(model, ck["model"])
+        load_optimizer_state_dict(model, opt, ck["optimizer"])
+        set_rng_state(ck["rng"])
+        start = ck["step"]
+        print0(f"resumed from {ckpt_path} at step {start}")
+    elif not resume and dist.is_main and os.path.exists(os.path.join(out_dir, "metrics.jsonl")):
+        os.remove(os.path.join(out_dir, "metrics.jsonl"))   # a fresh run starts a fresh curve
+    logger = MetricsLogger(os.path.join(out_dir, "metrics.jsonl"))
+
+    world, rank = dist.world_size, dist.rank
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by world_size {world} x grad_accum "
+                         f"{cfg.grad_accum}")
+    device = dist.device
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    model.train()
+    bar = tqdm(range(start, cfg.steps), desc=desc, disable=not dist.is_main, initial=start, total=cfg.steps)
+    metrics = {}
+    for step in bar:
+        t0 = time.perf_counter()
+        lr = lr_at(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = batch_rows(len(tokens), step, cfg.batch_size, cfg.seed)
+        x_all, m_all = tokens[idx], mask[idx]
+        n_global = m_all[:, 1:].sum().clamp(min=1).item()       # target tokens in the whole global batch
+        local = torch.arange(rank, cfg.batch_size, world)        # this rank's rows: every world-th row
+        micro = local.chunk(cfg.grad_accum)
+        sums = torch.zeros(4)                                    # ce*n, mtp*n, balance, n (for logging)
+        for j, rows in enumerate(micro):
+            x = x_all[rows].to(device)
+            m = m_all[rows].to(device)
+            inp, tgt = x[:, :-1], x[:, 1:].masked_fill(~m[:, 1:], -1)   # -1 = no loss on this target
+            n_local = m[:, 1:].sum().item()
+            sync = j == len(micro) - 1
+            ctx = model.no_sync() if (not sync and hasattr(model, "no_sync")) else nullcontext()
+            with ctx, autocast:
+                _, loss, parts = model(inp, tgt)
+                # weight this micro-batch by its share of the global targets; DDP averages over `world` ranks
+                loss = loss * (n_local * world / n_global)
+            loss.backward()
+            sums += torch.tensor([parts["ce"] * n_local, parts.get("mtp", 0.0) * n_local,
+                                  parts.get("balance", 0.0) / len(micro), n_local])
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        core.update_bias()                                       # V3 aux-loss-free balancing, once per step
+        if world > 1:
+            torch.distributed.all_reduce(sums)
+        dt = time.perf_counter() - t0
+        n_tok = cfg.batch_size * cfg.seq_len
+        metrics = {"loss": sums[0].item() / max(sums[3].item(), 1), "mtp": sums[1].item() / max(sums[3].item(), 1),
+                   "balance": sums[2].item() / world, "lr": lr, "grad_norm": float(gnorm),
+                   "tokens_per_s": n_tok / dt, "step_time": dt}
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            logger.log(step=step, **metrics)
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+        if (step + 1) % cfg.ckpt_every == 0 or step == cfg.steps - 1:
+            save_resumable(model, opt, step + 1, ckpt_path, dist, extra_ckpt)
+    return metrics
+
+
+def save_resumable(model, opt, step, path, dist, extra: dict | None = None):
+    """Model + optimizer + step + RNG, atomically (common.save_checkpoint). Every rank takes part in gathering
+    the full state (a collective under FSDP2); rank 0 writes; all ranks wait."""
+    state, opt_state = model_state_dict(model), optimizer_state_dict(model, opt)
+    if dist.is_main:
+        obj = {"model": state, "model_args": asdict(unwrap(model).args), "optimizer": opt_state, "step": step,
+               "rng": get_rng_state()}
+        obj.update(extra or {})
+        save_checkpoint(path, obj)
+    if dist.world_size > 1:
+        torch.distributed.barrier()
+
