@@ -1,0 +1,464 @@
+"""The plumbing every training stage shares: distributed set-up, model wrapping, rank-0 logging, metrics JSONL and
+plots, atomic checkpoints, RNG state, seeds, and the machine's matmul peak (for MFU).
+
+    python train_pipeline.py --stage pretrain --config toy                       # one process, no process group
+    torchrun --nproc_per_node=2 train_pipeline.py --stage pretrain --config toy   # 2 ranks: gloo on CPU
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_endpoint=HOST:29500 train_pipeline.py ...   # nccl on CUDA
+
+Checkpoints are one torch.save'd dict (the contract):
+    {"model": state_dict, "model_args": dict, "config": dict, "step": int, "optimizer": state_dict | None,
+     "rng": get_rng_state(), "tokenizer": str}
+written atomically (temp file + fsync + rename: a crash mid-write leaves the previous file intact) and read back
+with torch.load(weights_only=True), so a checkpoint can never run code when it is loaded. Everything in it is
+therefore tensors, numbers, strings, lists and dicts (the RNG states included).
+
+Tests: python -m pytest -q tests/test_common.py
+"""
+import json
+import math
+import os
+import pickle
+import random
+import re
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+import torch.nn as nn
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+@dataclass
+class Dist:
+    """Where this process sits: rank among world_size processes, its GPU index on the node, its device."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    is_main: bool = True          # rank 0: the one that prints, logs metrics and writes checkpoints
+
+
+def setup_distributed(device: str | None = None) -> Dist:
+    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and join the group.
+
+    Without torchrun (or with a world of 1) this is a single process and no process group is created, so the
+    same script runs under `python` and under `torchrun`. On CUDA each rank takes the GPU of its LOCAL_RANK
+    and the group is "cpu:gloo,cuda:nccl": NCCL for the tensors on the GPU, gloo for the small CPU tensors that
+    the loops all-reduce (logged sums, eval counts), which NCCL alone would refuse.
+    device: None = CUDA when available, else CPU; "cpu" forces CPU + gloo even on a GPU machine.
+    """
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices are "
+                               f"visible: use --nproc_per_node <= {torch.cuda.device_count()}")
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)   # before init: NCCL binds each rank to the current device
+    else:
+        dev = torch.device("cpu")
+    if world_size > 1 and not tdist.is_initialized():
+        for var in ("MASTER_ADDR", "MASTER_PORT"):
+            if var not in os.environ:
+                raise RuntimeError(f"WORLD_SIZE={world_size} but {var} is not set: launch with torchrun "
+                                   f"(e.g. torchrun --nproc_per_node={world_size} train_pipeline.py ...)")
+        backend = "cpu:gloo,cuda:nccl" if use_cuda else "gloo"
+        tdist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    return Dist(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, is_main=rank == 0)
+
+
+def cleanup_distributed():
+    """Leave the process group (a no-op for a single process)."""
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+def _rank() -> int:
+    if tdist.is_available() and tdist.is_initialized():
+        return tdist.get_rank()
+    return int(os.environ.get("RANK", 0))
+
+
+def print0(*args, **kwargs):
+    """print() on rank 0 only; flushed, so that torchrun's interleaved output stays in order."""
+    if _rank() == 0:
+        kwargs.setdefault("flush", True)
+        print(*args, **kwargs)
+
+
+def all_reduce_mean(values: dict, dist: Dist) -> dict:
+    """{name: float} averaged over all ranks (every rank must pass the same keys). One collective for the dict."""
+    out = {k: float(v) for k, v in values.items()}
+    if dist.world_size == 1:
+        return out
+    keys = sorted(out)   # same order on every rank, whatever order the dicts were built in
+    t = torch.tensor([out[k] for k in keys], dtype=torch.float64, device=dist.device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+    t /= dist.world_size
+    return dict(zip(keys, t.tolist()))
+
+
+def barrier(dist: Dist):
+    if dist.world_size > 1:
+        tdist.barrier()
+
+
+# -------------------------------------------------------------------------------------------- model wrapping
+def wrap_model(model: nn.Module, dist: Dist, fsdp: bool = False, find_unused_parameters: bool = False,
+               mp_policy=None) -> nn.Module:
+    """Data parallelism over the ranks: DDP (replicated weights), or FSDP2 (`fully_shard`, sharded weights).
+
+    One process: the model is returned as is. Either way `unwrap(result)` is the model itself (its methods:
+    update_bias, new_cache, ...), and the global batch is split across ranks with gradients AVERAGED over
+    ranks, so N ranks with B/N rows each take the same step as one rank with B rows.
+
+    DDP choices, and why:
+    - find_unused_parameters=False. DDP must know which parameters get no gradient in a step; an MoE expert
+      that received no tokens is the classic case. minR1 stores the routed experts stacked, one (E, in, out)
+      tensor per projection (DESIGN.md), so a projection is one parameter: any token routed anywhere in the
+      layer gives it a gradient (zero rows for the idle experts) and no parameter ever goes unused. A model with
+      an nn.ModuleList of experts would need True (DDP then fails loudly at the next step, naming the unused
+      parameters), at the cost of a graph traversal per step.
+    - forward_sync_buffers=False (the old broadcast_buffers=False). By default DDP copies rank 0's buffers to
+      every rank at the start of a forward that follows a gradient-synchronised one. The MoE gate keeps
+      per-rank expert-load counters as buffers that update_bias() all-reduces itself; with several micro-steps
+      per optimizer step the copy would replace each rank's counts with rank 0's (tests/test_common.py
+      catches it: the routing biases and then the weights diverge from one process). The bias buffers stay
+      identical on every rank because every rank applies the same all-reduced update (and DDP still syncs
+      all buffers once, at wrap time).
+
+    FSDP2: `fully_shard` on each transformer block (model.layers, an nn.ModuleList), then on the root, so that
+    a block's full weights are gathered just before it runs and freed after. Buffers are not sharded. Save
+    and load through model_state_dict / optimizer_state_dict below, not .state_dict() (DTensor shards). mp_policy: an optional
+    torch.distributed.fsdp.MixedPrecisionPolicy (e.g. bf16 params, fp32 gradient reduction on GPUs).
+    """
+    model = model.to(dist.device)
+    if dist.world_size == 1:
+        return model
+    if not fsdp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        device_ids = [dist.device.index] if dist.device.type == "cuda" else None
+        return DDP(model, device_ids=device_ids, forward_sync_buffers=False,
+                   find_unused_parameters=find_unused_parameters)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mesh = init_device_mesh(dist.device.type, (dist.world_size,))
+    kw = {"mesh": mesh, "mp_policy": mp_policy or MixedPrecisionPolicy()}
+    layers = getattr(model, "layers", None)
+    if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+        for block in layers:
+            fully_shard(block, **kw)
+    else:
+        warnings.warn(f"wrap_model(fsdp=True): {type(model).__name__} has no `layers` nn.ModuleList of blocks; "
+                      "sharding the whole model as one unit (every weight is gathered at once)")
+    fully_shard(model, **kw)   # the root: embeddings, final norm, head and whatever is outside the blocks
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The underlying model: strips DDP (.module) and torch.compile (._orig_mod). FSDP2 shards in place, so a
+    fully_shard'ed model is its own underlying module (its parameters are DTensors: see model_state_dict)."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(unwrap(model), FSDPModule)
+
+
+# Under FSDP2 a parameter is a DTensor holding one shard: `state_dict()` would save only this rank's pieces, as
+# DTensors that weights_only loading refuses. These four helpers give plain full tensors for every layout; they
+# are collectives under FSDP2 (call them on every rank), plain calls otherwise.
+def _full_options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def model_state_dict(model: nn.Module) -> dict:
+    """Full (unsharded) state dict of the underlying model, keys without DDP/compile prefixes. Under FSDP2 this
+    is a collective: rank 0 receives the full tensors on the CPU (it is the one that saves), the other ranks
+    an empty dict, so no rank holds more than one extra copy of the model."""
+    if is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+        return get_model_state_dict(unwrap(model), options=_full_options(cpu_offload=True))
+    return unwrap(model).state_dict()
+
+
+def load_model_state_dict(model: nn.Module, state: dict):
+    """Load a full state dict (as saved by model_state_dict) into a plain, DDP or FSDP2 model. Under FSDP2
+    every rank passes the full dict (each rank reads the checkpoint file) and keeps its own shards."""
+    if is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+        set_model_state_dict(unwrap(model), state, options=_full_options())
+    else:
+        unwrap(model).load_state_dict(state)
+
+
+def optimizer_state_dict(model: nn.Module, opt: torch.optim.Optimizer) -> dict:
+    """Full optimizer state. Plain/DDP: opt.state_dict(). FSDP2: unsharded and keyed by parameter name, on
+    rank 0's CPU (other ranks: empty), like model_state_dict."""
+    if is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+        return get_optimizer_state_dict(unwrap(model), opt, options=_full_options(cpu_offload=True))
+    return opt.state_dict()
+
+
+def load_optimizer_state_dict(model: nn.Module, opt: torch.optim.Optimizer, state: dict):
+    if is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+        set_optimizer_state_dict(unwrap(model), opt, state, options=_full_options())
+    else:
+        opt.load_state_dict(state)
+
+
+# ------------------------------------------------------------------------------------------ metrics + plots
+def _jsonable(v):
+    """Tensors and numpy scalars -> Python numbers; NaN/inf -> None (null), so every line is strict JSON."""
+    if isinstance(v, torch.Tensor):
+        v = v.item() if v.numel() == 1 else v.tolist()
+    elif isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+class MetricsLogger:
+    """Appends one JSON object per log() call to a .jsonl file, on rank 0 only, flushed at once (a killed run
+    keeps every line it logged). Appending is what --resume wants: the resumed run continues the same curve."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.f = None
+        if _rank() == 0:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self.f = open(path, "a", encoding="utf-8")
+            # a run killed mid-write can leave a torn last line: start ours on a fresh line
+            if self.f.tell() > 0:
+                with open(path, "rb") as g:
+                    g.seek(-1, os.SEEK_END)
+                    if g.read(1) != b"\n":
+                        self.f.write("\n")
+
+    def log(self, step: int | None = None, **metrics):
+        if self.f is None:
+            return
+        row = {"step": step} if step is not None else {}
+        row.update({k: _jsonable(v) for k, v in metrics.items()})
+        self.f.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+        self.f.flush()
+
+    def close(self):
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_metrics(path: str) -> list[dict]:
+    """The rows of a metrics .jsonl. A malformed line (a write torn by a kill) is skipped with a warning."""
+    rows, bad = [], []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                bad.append(i)
+    if bad:
+        warnings.warn(f"{path}: skipped malformed line(s) {bad}")
+    return rows
+
+
+def plot_metrics(jsonl_path: str, keys: list[str], out_png: str, title: str | None = None) -> list[str]:
+    """One subplot per key against step, stacked vertically, saved as a PNG; keys absent from the file are
+    skipped. A step logged twice (a resumed run re-logs the steps after its last checkpoint) keeps its last
+    value. Returns the keys plotted; writes nothing when none of them is present."""
+    # Figure + its own Agg canvas: no pyplot, so no global backend switch and no display needed
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    by_step = {}
+    for i, row in enumerate(read_metrics(jsonl_path)):
+        by_step[row.get("step", i)] = row          # last occurrence of a step wins
+    steps = sorted(by_step)
+    present = [k for k in keys if any(by_step[s].get(k) is not None for s in steps)]
+    if not present:
+        warnings.warn(f"plot_metrics: none of {keys} in {jsonl_path}; no plot written")
+        return []
+    fig = Figure(figsize=(7, 2.4 * len(present)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(present), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, k in zip(axes, present):
+        xs = [s for s in steps if by_step[s].get(k) is not None]
+        ax.plot(xs, [by_step[s][k] for s in xs], lw=1.2)
+        ax.set_ylabel(k)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("step")
+    if title:
+        axes[0].set_title(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    return present
+
+
+# -------------------------------------------------------------------------------------------- checkpoints
+class CheckpointError(RuntimeError):
+    """A checkpoint file exists but cannot be read back (corrupt, truncated, or not a weights_only file)."""
+
+
+def save_checkpoint(path: str, obj: dict):
+    """torch.save(obj, path), atomically: write a temp file in the same directory, flush + fsync it, then
+    os.replace it over `path` (atomic on POSIX and Windows) and fsync the directory so the rename itself is
+    durable. Until the rename, the previous checkpoint at `path` is untouched; a crash at any point leaves
+    either the old file or the new one, never half of one."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:          # KeyboardInterrupt too: never leave the temp file behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    try:
+        dfd = os.open(d, os.O_RDONLY)
+    except OSError:                # e.g. Windows cannot open a directory; the rename is still atomic
+        return
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """torch.load(path, weights_only=True) with one-line errors: FileNotFoundError when missing, CheckpointError
+    when corrupt/truncated or holding objects that weights_only refuses (the pickle traceback is dropped)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}: it is written by training, e.g. "
+                                f"`python train_pipeline.py --stage pretrain --config toy`") from None
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only wraps every unpickling failure in one long message; only "Unsupported global" means a
+        # readable file holding a class it will not import, anything else (bad opcode, ...) is damage
+        glob = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if glob:
+            raise CheckpointError(f"checkpoint {path} holds an object of type {glob.group(1)}, which "
+                                  f"torch.load(weights_only=True) refuses; save only tensors, numbers, strings, "
+                                  f"lists and dicts") from None
+        raise CheckpointError(f"corrupt or truncated checkpoint {path} ({_first_line(e)}); delete it and "
+                              f"re-run the step that writes it") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"corrupt or truncated checkpoint {path} ({_first_line(e)}); delete it and "
+                              f"re-run the step that writes it") from None
+
+
+def _first_line(e: BaseException) -> str:
+    """The informative line of a load error: weights_only's own detail line when there is one."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    detail = next((ln for ln in lines if ln.startswith("WeightsUnpickler error:")), lines[0] if lines else "")
+    return f"{type(e).__name__}: {detail}"
+
+
+def build_model_from_checkpoint(path: str, device="cpu"):
+    """(model, ckpt): the Transformer of a checkpoint, its weights loaded, in eval mode on `device`."""
+    from model import ModelArgs, Transformer   # imported here: model.py imports nothing from common
+    ckpt = load_checkpoint(path)
+    for key in ("model", "model_args"):
+        if key not in ckpt:
+            raise CheckpointError(f"checkpoint {path} has no '{key}' entry (keys: {sorted(ckpt)}); "
+                                  f"is it a minR1 checkpoint?")
+    model = Transformer(ModelArgs(**ckpt["model_args"]))
+    state = ckpt["model"]
+    for prefix in ("module.", "_orig_mod."):   # a state dict taken from a DDP / compiled wrapper
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    model.load_state_dict(state)
+    return model.to(device).eval(), ckpt
+
+
+# ------------------------------------------------------------------------------------------------------ RNG
+def set_seed(seed: int):
+    """Seed python's random, numpy's global generator and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)   # also seeds all CUDA devices
+
+
+def get_rng_state() -> dict:
+    """Every global RNG this process uses, in types that torch.load(weights_only=True) accepts."""
+    version, mt, gauss_next = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": version, "state": list(mt), "gauss_next": gauss_next},
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict):
+    """Restore what get_rng_state() captured (missing parts, e.g. CUDA on a CPU machine, are left alone)."""
+    if "python" in state:
+        p = state["python"]
+        random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+    if "numpy" in state:
+        n = state["numpy"]
+        keys = np.asarray(n["keys"].numpy() if isinstance(n["keys"], torch.Tensor) else n["keys"], dtype=np.uint32)
+        np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        states = state["cuda"][:torch.cuda.device_count()]
+        for i, s in enumerate(states):
+            torch.cuda.set_rng_state(s, i)
+
+
+# --------------------------------------------------------------------------------------------------- timing
+def get_peak_flops(device="cpu", n: int | None = None, iters: int = 5) -> float:
+    """The machine's measured matmul peak in FLOP/s (the MFU denominator): the best of `iters` timed (n, n) @
+    (n, n) products, fp32 on CPU (with the current torch thread count), bf16 on CUDA (the training dtype)."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    n = n or (8192 if cuda else 1024)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    g = torch.Generator().manual_seed(0)   # a private generator: measuring must not move the global RNG
+    a = torch.randn(n, n, generator=g).to(device, dtype)
+    b = torch.randn(n, n, generator=g).to(device, dtype)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    a @ b                           # warm-up: allocations, kernel selection
+    sync()
+    best = float("inf")
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best          # n^2 outputs, n multiply-adds each
