@@ -74,8 +74,12 @@ def setup_distributed(device: str | None = None) -> Dist:
 
 
 def cleanup_distributed():
-    """Leave the process group (a no-op for a single process)."""
+    """Leave the process group (a no-op for a single process). Dead DDP wrappers are collected first: freed
+    after the group is gone, they abort the process at exit now and then ("terminate called without an
+    active exception")."""
     if tdist.is_available() and tdist.is_initialized():
+        import gc
+        gc.collect()
         tdist.destroy_process_group()
 
 

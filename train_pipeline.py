@@ -280,7 +280,9 @@ def stage_zero(cfg, args, dist):
     ensure_stage(cfg, "pretrain", args, dist)
     gcfg = grpo.GRPOConfig(**{k: v for k, v in z.items() if k in grpo.GRPOConfig.__dataclass_fields__})
     torch.manual_seed(gcfg.seed)
-    policy = wrap_model(load_stage_model(cfg, "pretrain", dist.device), dist, fsdp=cfg.get("fsdp", False))
+    policy = load_stage_model(cfg, "pretrain", dist.device)
+    # the MTP module gets no gradient from GRPO's loss: DDP must then be told to expect unused parameters
+    policy = wrap_model(policy, dist, fsdp=cfg.get("fsdp", False), find_unused_parameters=policy.mtp is not None)
     ref = None
     if gcfg.beta > 0:                                     # the KL anchor: starts as the base model (R1 eq. 1)
         ref = load_stage_model(cfg, "pretrain", dist.device).eval().requires_grad_(False)
