@@ -81,6 +81,12 @@ def batch_rows(n_rows: int, step: int, batch_size: int, seed: int) -> torch.Tens
     return idx
 
 
+def inputs_targets(x, m):
+    """Rows (B, L+1) and their loss mask -> inputs (B, L) and targets (B, L) with -1 where no loss is taken:
+    the target of position t is token t+1, kept only where mask[t+1] (a completion token in SFT)."""
+    return x[:, :-1], x[:, 1:].masked_fill(~m[:, 1:], -1)
+
+
 def lr_at(step: int, cfg: SFTConfig) -> float:
     """Linear warmup, then cosine decay from lr to lr * min_lr_ratio."""
     if step < cfg.warmup:
@@ -147,17 +153,20 @@ def train(model, tokens, mask, cfg: SFTConfig, dist, out_dir: str, *, resume: bo
         for j, rows in enumerate(micro):
             x = x_all[rows].to(device)
             m = m_all[rows].to(device)
-            inp, tgt = x[:, :-1], x[:, 1:].masked_fill(~m[:, 1:], -1)   # -1 = no loss on this target
+            inp, tgt = inputs_targets(x, m)
             n_local = m[:, 1:].sum().item()
             sync = j == len(micro) - 1
             ctx = model.no_sync() if (not sync and hasattr(model, "no_sync")) else nullcontext()
             with ctx, autocast:
-                _, loss, parts = model(inp, tgt)
-                # weight this micro-batch by its share of the global targets; DDP averages over `world` ranks
-                loss = loss * (n_local * world / n_global)
+                _, _, parts = model(inp, tgt)
+                # Weigh each term by this micro-batch's share of the global batch so that the step is the same
+                # for any split over ranks and micro-steps: CE and MTP are means over target tokens, the
+                # balance loss a mean over sequences. DDP then averages over the `world` ranks, hence * world.
+                tok_w, seq_w = n_local * world / n_global, len(rows) * world / cfg.batch_size
+                loss = (parts["ce"] + core.args.mtp_lambda * parts["mtp"]) * tok_w + parts["balance"] * seq_w
             loss.backward()
-            sums += torch.tensor([parts["ce"] * n_local, parts.get("mtp", 0.0) * n_local,
-                                  parts.get("balance", 0.0) / len(micro), n_local])
+            sums += torch.tensor([float(parts["ce"]) * n_local, float(parts["mtp"]) * n_local,
+                                  float(parts["balance"]) * len(rows) * world / cfg.batch_size, n_local])
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
