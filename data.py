@@ -993,7 +993,7 @@ STYLE_WEIGHTS = {"tagged_pad": 0.25, "tagged_direct": 0.10, "pad": 0.22, "direct
 BROKEN_WEIGHTS = {"answer_only": 0.3, "no_close_think": 0.2, "outside": 0.3, "no_close_answer": 0.2}
 P_WRONG, P_FIXED, P_VERIFY, P_DIRECT_WRONG = 0.10, 0.15, 0.25, 0.20
 REASONING_MIX = {"arith": 0.55, "countdown": 0.30, "code": 0.15}
-CORPUS_MIX = {"r1zero": 0.45, "textbook": 0.20, "drill": 0.07, "chat": 0.16, "chat_reason": 0.06, "safety": 0.06}
+CORPUS_MIX = {"r1zero": 0.35, "textbook": 0.30, "drill": 0.07, "chat": 0.12, "chat_reason": 0.10, "safety": 0.06}
 GENERAL_QUALITY = {"good": 0.65, "wrong": 0.12, "ramble": 0.13, "rude": 0.10}
 
 
