@@ -462,23 +462,11 @@ def stage_zero(cfg, args, dist):
     """R1-Zero (R1 §2.2): GRPO straight from the base model, the R1-Zero template (R1 Table 1) and rule rewards
     only: Reward_rule = Reward_acc + Reward_format, equal weights (R1 §2.2.2). Nothing rewards length or
     particular words: if responses grow longer or reflective words appear, RL found them useful."""
-    import grpo
     z = cfg["zero"]
-    tok = data.get_tokenizer(cfg["tokenizer"])
     ensure_stage(cfg, "pretrain", args, dist)
-    gcfg = grpo.GRPOConfig(**{k: v for k, v in z.items() if k in grpo.GRPOConfig.__dataclass_fields__})
-    torch.manual_seed(gcfg.seed)
-    policy = load_stage_model(cfg, "pretrain", dist.device)
-    # the MTP module gets no gradient from GRPO's loss: DDP must then be told to expect unused parameters
-    policy = wrap_model(policy, dist, fsdp=cfg.get("fsdp", False), find_unused_parameters=policy.mtp is not None)
-    ref = None
-    if gcfg.beta > 0:                                     # the KL anchor: starts as the base model (R1 eq. 1)
-        ref = load_stage_model(cfg, "pretrain", dist.device).eval().requires_grad_(False)
-    opt = grpo.make_optimizer(policy, gcfg)
     reward = {"accuracy": (accuracy_reward, 1.0), "format": (format_reward, 1.0)}
-    pool = task_pool(z["tasks"], gcfg.seed, "train", cfg.get("difficulty"))
-    run_rl(cfg, "zero", policy, ref, opt, gcfg, reward, pool, tok, args, dist, steps=z["steps"],
-           eval_every=z["eval_every"])
+    pool = task_pool(z["tasks"], z.get("seed", 0), "train", cfg.get("difficulty"))
+    grpo_stage(cfg, "zero", "pretrain", z, reward, pool, args, dist, fmt="r1zero")
 
 
 def run_rl(cfg, stage, policy, ref, opt, gcfg, reward, pool, tok, args, dist, *, steps, eval_every, fmt="r1zero"):
