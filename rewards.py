@@ -607,16 +607,22 @@ def _expose_to_nobody(libc, paths, rounds=4):
         if not blocked:
             return
         for d, children in blocked.items():
-            keep = {c: os.open(os.path.join(d, c), os.O_PATH) for c in children}  # handles survive the cover
-            if not _libc_call(libc, "mount", b"tmpfs", d.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
-                              b"size=1m,mode=0755"):
+            if not _cover(libc, d, b"size=1m,mode=0755", children):
                 return
-            for c, fd in keep.items():
-                target = os.path.join(d, c)
-                os.mkdir(target, 0o755)
-                _libc_call(libc, "mount", f"/proc/self/fd/{fd}".encode(), target.encode(), None,
-                           MS_BIND | MS_REC, None)
-                os.close(fd)
+
+
+def _cover(libc, d, options, children=()):
+    """Mount an empty tmpfs (mount options `options`) over directory d, then bind-mount back the entries
+    `children` of d (names), so that only they stay visible under d. Returns whether the tmpfs was mounted."""
+    keep = {c: os.open(os.path.join(d, c), os.O_PATH) for c in children}  # handles survive the cover
+    ok = _libc_call(libc, "mount", b"tmpfs", d.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options)
+    for c, fd in keep.items():
+        if ok:
+            target = os.path.join(d, c)
+            os.makedirs(target, 0o755, exist_ok=True)
+            _libc_call(libc, "mount", f"/proc/self/fd/{fd}".encode(), target.encode(), None, MS_BIND | MS_REC, None)
+        os.close(fd)
+    return ok
 
 
 def _sandbox_child():
@@ -661,7 +667,10 @@ def _sandbox_child():
         flags = MS_NOSUID | MS_NODEV
         if _libc_call(libc, "mount", b"tmpfs", work.encode(), b"tmpfs", flags, f"size={mb}m,mode=0700{owner}".encode()):
             os.chdir(work)  # the cwd now lies on the new tmpfs
-            if all(_libc_call(libc, "mount", b"tmpfs", d.encode(), b"tmpfs", flags, f"size={mb}m,mode=1777".encode())
+            # the interpreter itself may live there (a virtual environment under /tmp): keep its top directory
+            real = [os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)]
+            if all(_cover(libc, d, f"size={mb}m,mode=1777".encode(),
+                          {p[len(d) + 1:].split("/")[0] for p in real if p.startswith(d + "/")})
                    for d in ("/tmp", "/var/tmp", "/dev/shm") if os.path.isdir(d)):
                 features.append("tmpfs")
         if root:

@@ -10,3 +10,20 @@ import torch  # noqa: E402
 
 # Tests are small: one or two threads are faster than oversubscribing a 2-core machine.
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# Triton decorates its own library functions (tl.sum's combine functions, ...) once, when it is first imported,
+# for the mode TRITON_INTERPRET says then. The kernel tests run under the interpreter, so Triton must be first
+# imported with the variable on, whichever test module happens to import it first; the variable is then put
+# back, so that every other test keeps the plain CPU path (kernels.use_triton reads it at each call).
+_prev = os.environ.get("TRITON_INTERPRET")
+os.environ["TRITON_INTERPRET"] = "1"
+try:
+    import triton  # noqa: E402,F401
+    import triton.language  # noqa: E402,F401
+except ImportError:
+    pass
+finally:
+    if _prev is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = _prev
