@@ -295,14 +295,14 @@ def read_metrics(path: str) -> list[dict]:
 
 def plot_metrics(jsonl_path: str, keys: list[str], out_png: str, title: str | None = None) -> list[str]:
     """One subplot per key against step, stacked vertically, saved as a PNG; keys absent from the file are
-    skipped. A step logged twice (a resumed run re-logs the steps after its last checkpoint) keeps its last
-    value. Returns the keys plotted; writes nothing when none of them is present."""
+    skipped. Rows of the same step are merged (a training row and an evaluation row), and a key logged
+    twice for a step (a resumed run re-logs the steps after its last checkpoint) keeps its last value. Returns the keys plotted; writes nothing when none of them is present."""
     # Figure + its own Agg canvas: no pyplot, so no global backend switch and no display needed
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     by_step = {}
     for i, row in enumerate(read_metrics(jsonl_path)):
-        by_step[row.get("step", i)] = row          # last occurrence of a step wins
+        by_step.setdefault(row.get("step", i), {}).update(row)   # rows of one step merge; the last value wins
     steps = sorted(by_step)
     present = [k for k in keys if any(by_step[s].get(k) is not None for s in steps)]
     if not present:
