@@ -30,6 +30,7 @@ from collections import Counter
 from dataclasses import asdict
 
 import torch
+from tqdm import tqdm
 
 import data
 import distill
@@ -126,8 +127,9 @@ def evaluate(model, tok, sets: dict, *, k: int, temperature: float, top_p: float
     for name, tasks in sets.items():
         mine = tasks[dist.rank::dist.world_size]
         sums = torch.zeros(9, dtype=torch.float64)
-        for i in range(0, len(mine), max(1, batch_size // k)):
-            chunk = mine[i:i + max(1, batch_size // k)]
+        per = max(1, batch_size // k)                            # questions per generate() call
+        for i in tqdm(range(0, len(mine), per), desc=f"eval {name}", disable=not dist.is_main, leave=False):
+            chunk = mine[i:i + per]
             prompts = [prompt_fn(t) for t in chunk for _ in range(k)]
             cols = {c: [t.get(c) for t in chunk for _ in range(k)] for c in ("answer", "task", "nums", "target",
                                                                             "tests", "entry", "lang")}
@@ -475,7 +477,6 @@ def run_rl(cfg, stage, policy, ref, opt, gcfg, reward, pool, tok, args, dist, *,
     pool: the task dicts, or a function step -> task dicts (all_rl adds general prompts late in the stage).
     fmt: the prompt format and layout (FORMATS) of training and evaluation."""
     import grpo
-    from tqdm import tqdm
     d = stage_dir(cfg, stage)
     os.makedirs(d, exist_ok=True)
     ckpt_path, start = os.path.join(d, "ckpt.pt"), 0
