@@ -430,7 +430,7 @@ def stage_pretrain(cfg, args, dist, stage="pretrain"):
     torch.manual_seed(p["seed"])
     model = Transformer(margs).to(dist.device)
     docs = data.pretrain_corpus(p["n_docs"], seed=p["seed"])
-    ids = tok.encode_batch(docs) if hasattr(tok, "encode_batch") else [tok.encode(d) for d in docs]
+    ids = tok.encode_batch(docs)
     tokens, mask = sft.pack_examples([(x + [tok.eos_id], [1] * (len(x) + 1)) for x in ids], p["seq_len"], tok.pad_id)
     print0(f"pretrain: {len(docs)} documents, {int(mask.sum())} tokens in {len(tokens)} rows of {p['seq_len']}; "
            f"model {sum(q.numel() for q in model.parameters()) / 1e6:.2f}M params")

@@ -18,7 +18,6 @@ import torch
 import torch.distributed as tdist
 import torch.nn as nn
 
-import common
 from common import (CheckpointError, Dist, MetricsLogger, all_reduce_mean, build_model_from_checkpoint,
                     get_peak_flops, get_rng_state, load_checkpoint, plot_metrics, print0, read_metrics,
                     save_checkpoint, set_rng_state, set_seed, setup_distributed, unwrap, wrap_model)
