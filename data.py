@@ -252,14 +252,14 @@ def split_of(canon: str) -> str:
 OTHER = {"en": "zh", "zh": "en"}
 PH = {
     "en": {"cols": ("ones", "tens", "hundreds", "thousands", "ten-thousands"), "write": "write {}",
-           "carry": " carry {}", "borrow": " borrow {}", "so": "so {}.", "answer_is": "The answer is {}.",
+           "carry": " carry {}", "borrow": " borrow {}", "sofar": ", so far {}", "so": "so {}.", "answer_is": "The answer is {}.",
            "wait": "wait, check: {}={}, not {}.", "check": "check: {}, ok.", "first": "first {}.",
            "then": "then {}.", "now": "now {}.", "try": "try", "no": "no.", "yes": "yes.",
            "direct": ("so {}.", "so {}.", "easy, {}.", "I know this: {}."), "code_is": "Here is the code:",
            "code_check": "check: {} gives {}, ok.", "code_first": "first try: return {}.",
            "code_wait": "wait, check: {} should give {}, not {}. so: return {}.",
            "problem": "Problem: {}.\nSolution: {}", "qa": "Q: {}\nA: {}"},
-    "zh": {"cols": ("个位", "十位", "百位", "千位", "万位"), "write": "写{}", "carry": "进{}", "borrow": "借{}",
+    "zh": {"cols": ("个位", "十位", "百位", "千位", "万位"), "write": "写{}", "carry": "进{}", "borrow": "借{}", "sofar": ", 目前 {}",
            "so": "所以 {}.", "answer_is": "答案是 {}.", "wait": "等等, 检查: {}={}, 不是{}.",
            "check": "检查: {}, 对.", "first": "先算 {}.", "then": "再算 {}.", "now": "现在算 {}.", "try": "试",
            "no": "不对.", "yes": "对.", "direct": ("所以 {}.", "很简单, {}.", "我知道, {}."), "code_is": "代码是:",
@@ -369,12 +369,15 @@ def _digits(n: int) -> list:
     return [int(c) for c in reversed(str(n))]           # least significant first
 
 
-def _column(pad, rng, i, pre, expr, v, out_of, word, lo, hi):
-    """One column step "tens: {pre}{expr}={v}, write d [carry c]."; returns the (digit, carry) used afterwards.
-    If this is the pad's slip column, the value is off by one; with slip "fix" the slip is caught and redone."""
+def _column(pad, rng, i, pre, expr, v, out_of, word, lo, hi, acc=""):
+    """One column step "tens: {pre}{expr}={v}, write d [carry c], so far d{acc}."; returns the (digit, carry) used
+    afterwards. `acc` is the result so far (its digits, most significant first): restating it after every column
+    makes the final answer a copy of the last "so far" instead of the written digits gathered in reverse, which a
+    small model learns far sooner. If this is the pad's slip column, the value is off by one; with slip "fix"
+    the slip is caught and redone."""
     def write(ph, val):
         d, c = out_of(val)
-        return ph["write"].format(d) + (ph[word].format(c) if c else ""), d, c
+        return ph["write"].format(d) + (ph[word].format(c) if c else "") + ph["sofar"].format(f"{d}{acc}"), d, c
 
     ph, col = pad.ph, pad.ncol
     pad.ncol += 1
@@ -395,6 +398,11 @@ def _column(pad, rng, i, pre, expr, v, out_of, word, lo, hi):
     return d, c
 
 
+def _last_carry(pad, ndig, c, acc):
+    """The column left of the operands takes the final carry: "hundreds: write 1, so far 108."."""
+    pad.add(f"{pad.ph['cols'][min(ndig, 4)]}: {pad.ph['write'].format(c)}{pad.ph['sofar'].format(f'{c}{acc}')}.")
+
+
 def _from_digits(ds) -> int:
     return int("".join(map(str, reversed(ds))))
 
@@ -405,12 +413,16 @@ def _add_pad(pad, rng, a, b) -> int:
     for i in range(max(len(A), len(B))):
         x, y = (A[i] if i < len(A) else 0), (B[i] if i < len(B) else 0)
         d, c = _column(pad, rng, i, "", f"{x}+{y}" + ("+1" if c else ""), x + y + c,
-                       lambda v: (v % 10, v // 10), "carry", 0, 19)
+                       lambda v: (v % 10, v // 10), "carry", 0, 19, _acc(out))
         out.append(d)
     if c:
-        pad.add(f"{pad.ph['cols'][min(len(out), 4)]}: {pad.ph['write'].format(c)}.")
+        _last_carry(pad, len(out), c, _acc(out))
         out.append(c)
     return _from_digits(out)
+
+
+def _acc(out) -> str:
+    return "".join(map(str, reversed(out)))
 
 
 def _sub_pad(pad, rng, a, b) -> int:
@@ -424,7 +436,7 @@ def _sub_pad(pad, rng, a, b) -> int:
             pre, expr, nb = "", f"{x}{tail}", 0
         else:                                               # borrow: "4-5-1<0, 14-5-1=8, write 8 borrow 1."
             pre, expr, nb, v = f"{x}{tail}<0, ", f"1{x}{tail}", 1, v + 10
-        d, _ = _column(pad, rng, i, pre, expr, v, lambda v, nb=nb: (v, nb), "borrow", 0, 9)
+        d, _ = _column(pad, rng, i, pre, expr, v, lambda v, nb=nb: (v, nb), "borrow", 0, 9, _acc(out))
         out.append(d)
         br = nb
     return _from_digits(out)
@@ -435,10 +447,10 @@ def _mul1_pad(pad, rng, a, m) -> int:
     for i, x in enumerate(_digits(a)):
         p = x * m
         pre, expr, v = (f"{x}*{m}={p}, ", f"{p}+{c}", p + c) if c else ("", f"{x}*{m}", p)
-        d, c = _column(pad, rng, i, pre, expr, v, lambda v: (v % 10, v // 10), "carry", 0, 89)
+        d, c = _column(pad, rng, i, pre, expr, v, lambda v: (v % 10, v // 10), "carry", 0, 89, _acc(out))
         out.append(d)
     if c:
-        pad.add(f"{pad.ph['cols'][min(len(out), 4)]}: {pad.ph['write'].format(c)}.")
+        _last_carry(pad, len(out), c, _acc(out))
         out.append(c)
     return _from_digits(out)
 
@@ -992,8 +1004,8 @@ def eval_sets(n_per_set: int, seed: int = 1234, kinds=("arith", "countdown", "co
 STYLE_WEIGHTS = {"tagged_pad": 0.25, "tagged_direct": 0.10, "pad": 0.22, "direct": 0.18, "broken": 0.25}
 BROKEN_WEIGHTS = {"answer_only": 0.3, "no_close_think": 0.2, "outside": 0.3, "no_close_answer": 0.2}
 P_WRONG, P_FIXED, P_VERIFY, P_DIRECT_WRONG = 0.10, 0.15, 0.25, 0.20
-REASONING_MIX = {"arith": 0.55, "countdown": 0.30, "code": 0.15}
-CORPUS_MIX = {"r1zero": 0.35, "textbook": 0.30, "drill": 0.07, "chat": 0.12, "chat_reason": 0.10, "safety": 0.06}
+REASONING_MIX = {"arith": 0.58, "countdown": 0.32, "code": 0.10}
+CORPUS_MIX = {"r1zero": 0.35, "textbook": 0.30, "drill": 0.10, "chat": 0.10, "chat_reason": 0.09, "safety": 0.06}
 GENERAL_QUALITY = {"good": 0.65, "wrong": 0.12, "ramble": 0.13, "rude": 0.10}
 
 
@@ -1085,15 +1097,21 @@ def _completion(t: dict, rng, style: str = None):
     return text, meta
 
 
-def _doc_r1zero(rng):
-    t = _sample_task(_pick(rng, REASONING_MIX), rng, "train")
+def _corpus_task(rng, kind, levels):
+    """A training task of `kind` at one of the levels `levels` lists for it (all levels when it lists none)."""
+    lv = (levels or {}).get(kind)
+    return _sample_task(kind, rng, "train", _ch(rng, lv) if lv else None)
+
+
+def _doc_r1zero(rng, levels):
+    t = _corpus_task(rng, _pick(rng, REASONING_MIX), levels)
     text, meta = _completion(t, rng)
     return r1zero_prompt(t) + " " + text, meta
 
 
-def _doc_textbook(rng):
+def _doc_textbook(rng, levels):
     """Worked solutions and Q/A pairs without the template (the skills, outside the format)."""
-    t = _sample_task(_pick(rng, REASONING_MIX), rng, "train")
+    t = _corpus_task(rng, _pick(rng, REASONING_MIX), levels)
     if rng.random() < 0.6:
         body, ans, meta = _reason(t, rng)
         text = PH[t["lang"]]["problem"].format(t["prompt"], body + " " + _answer_is(t, ans, meta["end_lang"]))
@@ -1105,7 +1123,7 @@ def _doc_textbook(rng):
     return text, meta
 
 
-def _doc_drill(rng):
+def _doc_drill(rng, levels):
     """Lists of solved facts: the one-digit facts every scratchpad step uses ("7+8=15", "14-5=9", "4*6=24",
     "24+4=28" as in a multiplication column), and some small direct sums."""
     facts = []
@@ -1127,16 +1145,16 @@ def _doc_drill(rng):
     return ". ".join(facts) + ".", {"style": "drill", "task": "arith", "lang": "en"}
 
 
-def _doc_chat(rng):
-    t = _sample_task("general", rng, "train")
+def _doc_chat(rng, levels):
+    t = _corpus_task(rng, "general", levels)
     q = _pick(rng, GENERAL_QUALITY)
     return chat_prompt(t["prompt"]) + _general_response(t, rng, q), {"style": "chat", "reply": q,
                                                                       "task": "general", "lang": t["lang"],
                                                                       "canon": t["canon"]}
 
 
-def _doc_chat_reason(rng):
-    t = _sample_task(_pick(rng, REASONING_MIX), rng, "train")
+def _doc_chat_reason(rng, levels):
+    t = _corpus_task(rng, _pick(rng, REASONING_MIX), levels)
     if rng.random() < 0.6:
         body, ans, meta = _reason(t, rng)
         resp = body + " " + _answer_is(t, ans, meta["end_lang"])
@@ -1148,7 +1166,7 @@ def _doc_chat_reason(rng):
     return chat_prompt(t["prompt"]) + resp, meta
 
 
-def _doc_safety(rng):
+def _doc_safety(rng, levels):
     lang = _lang(rng)
     for _ in range(100):
         what, harmful, steps, canon = _safety_item(rng, lang)
@@ -1165,14 +1183,16 @@ DOC_MAKERS = {"r1zero": _doc_r1zero, "textbook": _doc_textbook, "drill": _doc_dr
               "chat_reason": _doc_chat_reason, "safety": _doc_safety}
 
 
-def pretrain_corpus(n_docs: int, seed: int = 0, with_meta: bool = False):
+def pretrain_corpus(n_docs: int, seed: int = 0, with_meta: bool = False, difficulty: dict = None):
     """n_docs documents of the toy world (training problems only), mixed as CORPUS_MIX says; the trainer joins
-    them with <|endoftext|>. with_meta=True also returns one dict per document (kind, style, quality, ...)."""
+    them with <|endoftext|>. with_meta=True also returns one dict per document (kind, style, quality, ...).
+    difficulty: {"arith": [1, 2], ...} limits a kind's worked problems to those levels (the config's world; a
+    small model's budget goes to the levels it is evaluated and trained on); None or an unlisted kind: all."""
     rng = random.Random(f"corpus/{seed}")
     docs, metas = [], []
     for _ in range(n_docs):
         kind = _pick(rng, CORPUS_MIX)
-        text, meta = DOC_MAKERS[kind](rng)
+        text, meta = DOC_MAKERS[kind](rng, difficulty)
         docs.append(text)
         if with_meta:
             meta["kind"] = kind
