@@ -36,7 +36,7 @@ import torch.distributed as tdist
 
 import data
 import kernels
-from common import Dist, load_model_state_dict, model_state_dict, unwrap
+from common import Dist, autocast, load_model_state_dict, model_state_dict, unwrap
 from sample import generate
 
 KL_ESTIMATORS = ("k1", "k2", "k3", "k3+")
@@ -62,6 +62,7 @@ class GRPOConfig:
     mu: int = 1                     # inner epochs over each rollout (R1: 1; mu > 1 makes rho != 1)
     n_minibatches: int = 1          # optimizer steps per epoch; each takes a contiguous slice of the groups
     micro_batch_size: int = 0       # rows per forward/backward (gradient accumulation); 0 = the whole minibatch
+    precision: str = "auto"         # bf16 autocast of the logprob/update forwards (common.autocast); sampling is fp32
     # objective
     beta: float = 0.001             # KL coefficient (R1: 0.001; DeepSeekMath: 0.04); 0 skips the reference
     kl_estimator: str = "k3"        # k1 | k2 | k3 | k3+ (see kl_penalty); k3 is R1 eq. 2
@@ -398,7 +399,7 @@ def _logprobs_no_grad(model, tokens, cmask, rows, cfg, L1):
     core.eval()                          # eval: MoE expert loads are only counted in training forwards
     device = next(core.parameters()).device
     step = cfg.micro_batch_size or len(rows)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with autocast(device, cfg.precision):
         for i in range(0, len(rows), step):
             r = rows[i:i + step]
             end = int(_row_ends(cmask[r]).max())
@@ -466,7 +467,7 @@ def grpo_update(policy, ref_model, optimizer, batch: Rollout, cfg: GRPOConfig, d
 
     # If the wrapper (DDP/FSDP) averages gradients over W ranks, scale by W to turn that into the global sum.
     grad_scale = world if (world > 1 and _averages_grads(policy)) else 1.0
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    amp = autocast(device, cfg.precision)
     sums = torch.zeros(8, dtype=torch.float64)      # loss, kl, clip_low, clip_high, ratio, entropy, tokens, steps
     rmin, rmax, gnorms = float("inf"), float("-inf"), []
     t0 = _sync(device)
@@ -486,7 +487,7 @@ def grpo_update(policy, ref_model, optimizer, batch: Rollout, cfg: GRPOConfig, d
                 end = int(_row_ends(batch.completion_mask[r]).max())
                 tok = batch.tokens[r, :end].to(device)
                 m = (loss_mask[r, :end - 1] & (not dummy)).to(device)
-                with policy.no_sync() if no_sync else nullcontext(), autocast:
+                with policy.no_sync() if no_sync else nullcontext(), amp:
                     logp, ent = sequence_logprobs(policy, tok, batch.completion_mask[r, :end].to(device),
                                                   cfg.temperature, with_entropy=True)
                     old = logp.detach() if old_logp is None else old_logp[r, :end - 1].to(device)

@@ -21,8 +21,9 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from common import (MetricsLogger, get_rng_state, load_checkpoint, load_model_state_dict, load_optimizer_state_dict,
-                    model_state_dict, optimizer_state_dict, print0, save_checkpoint, set_rng_state, unwrap)
+from common import (MetricsLogger, autocast, get_rng_state, load_checkpoint, load_model_state_dict,
+                    load_optimizer_state_dict, model_state_dict, optimizer_state_dict, print0, save_checkpoint,
+                    set_rng_state, unwrap)
 from model import ModelArgs, Transformer
 
 
@@ -42,6 +43,7 @@ class SFTConfig:
     ckpt_every: int = 200        # resumable checkpoint (model + optimizer + RNG) every N steps
     log_every: int = 10
     seed: int = 1337
+    precision: str = "auto"      # bf16 autocast: "auto" (CUDA, or a CPU with native bf16) | "bf16" | "fp32"
 
 
 def pack_examples(examples, seq_len: int, pad_id: int):
@@ -137,7 +139,7 @@ def train(model, tokens, mask, cfg: SFTConfig, dist, out_dir: str, *, resume: bo
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by world_size {world} x grad_accum "
                          f"{cfg.grad_accum}")
     device = dist.device
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    amp = autocast(device, cfg.precision)
     model.train()
     bar = tqdm(range(start, cfg.steps), desc=desc, disable=not dist.is_main, initial=start, total=cfg.steps)
     metrics = {}
@@ -159,7 +161,7 @@ def train(model, tokens, mask, cfg: SFTConfig, dist, out_dir: str, *, resume: bo
             n_local = m[:, 1:].sum().item()
             sync = j == len(micro) - 1
             ctx = model.no_sync() if (not sync and hasattr(model, "no_sync")) else nullcontext()
-            with ctx, autocast:
+            with ctx, amp:
                 _, _, parts = model(inp, tgt)
                 # Weigh each term by this micro-batch's share of the global batch so that the step is the same
                 # for any split over ranks and micro-steps: CE and MTP are means over target tokens, the

@@ -420,6 +420,14 @@ def stage_paragraphs(cfg, res: dict, cols) -> list:
 
 
 # ----------------------------------------------------------------------------------------------------- stages
+def section_config(cls, cfg: dict, section: dict, **fixed):
+    """A trainer's dataclass (sft.SFTConfig, grpo.GRPOConfig) from the section's keys it knows; the config's
+    top-level "precision" (common.autocast) applies unless the section sets its own."""
+    kw = {"precision": cfg.get("precision", "auto")}
+    kw.update({k: v for k, v in section.items() if k in cls.__dataclass_fields__})
+    return cls(**{**kw, **fixed})
+
+
 def stage_pretrain(cfg, args, dist, stage="pretrain"):
     """Pretrain V3-toy on the synthetic corpus (next-token prediction on every token). `stage` names the run
     folder: distill pretrains its students' bases with it (pretrain_student_<s>, cfg["model"] = the student's)."""
@@ -429,12 +437,12 @@ def stage_pretrain(cfg, args, dist, stage="pretrain"):
     margs = ModelArgs(**{**cfg["model"], "vocab_size": tok.vocab_size})
     torch.manual_seed(p["seed"])
     model = Transformer(margs).to(dist.device)
-    docs = data.pretrain_corpus(p["n_docs"], seed=p["seed"])
+    docs = data.pretrain_corpus(p["n_docs"], seed=p["seed"], difficulty=cfg.get("difficulty"))
     ids = tok.encode_batch(docs)
     tokens, mask = sft.pack_examples([(x + [tok.eos_id], [1] * (len(x) + 1)) for x in ids], p["seq_len"], tok.pad_id)
     print0(f"pretrain: {len(docs)} documents, {int(mask.sum())} tokens in {len(tokens)} rows of {p['seq_len']}; "
            f"model {sum(q.numel() for q in model.parameters()) / 1e6:.2f}M params")
-    scfg = sft.SFTConfig(**{k: v for k, v in p.items() if k in sft.SFTConfig.__dataclass_fields__})
+    scfg = section_config(sft.SFTConfig, cfg, p)
     d = stage_dir(cfg, stage)
     wrapped = wrap_model(model, dist, fsdp=cfg.get("fsdp", False))
     sft.train(wrapped, tokens, mask, scfg, dist, d, resume=args.resume, desc=stage)
@@ -618,8 +626,7 @@ def sft_stage(cfg, stage, init, records, s, args, dist, fmt="chat"):
     model = load_stage_model(cfg, init, dist.device)
     tokens, mask = sft.pack_examples(distill.sft_examples(tok, records), s["seq_len"], tok.pad_id)
     steps = max(1, math.ceil(s["epochs"] * len(tokens) / s["batch_size"]))
-    scfg = sft.SFTConfig(**{**{k: v for k, v in s.items() if k in sft.SFTConfig.__dataclass_fields__},
-                            "steps": steps})
+    scfg = section_config(sft.SFTConfig, cfg, s, steps=steps)
     print0(f"{stage}: SFT of {init} on {len(records)} examples ({len(tokens)} rows of {s['seq_len']}), "
            f"{steps} steps")
     d = stage_dir(cfg, stage)
@@ -634,7 +641,7 @@ def grpo_stage(cfg, stage, init, s, reward, pool, args, dist, fmt="chat"):
     """GRPO from stage `init`'s model (also the KL reference, R1 eq. 1) with section s's GRPOConfig fields."""
     import grpo
     tok = data.get_tokenizer(cfg["tokenizer"])
-    gcfg = grpo.GRPOConfig(**{k: v for k, v in s.items() if k in grpo.GRPOConfig.__dataclass_fields__})
+    gcfg = section_config(grpo.GRPOConfig, cfg, s)
     torch.manual_seed(gcfg.seed)
     policy = load_stage_model(cfg, init, dist.device)
     policy = wrap_model(policy, dist, fsdp=cfg.get("fsdp", False), find_unused_parameters=policy.mtp is not None)
@@ -762,7 +769,7 @@ def stage_reward_models(cfg, args, dist):
         def train_one():
             torch.manual_seed(r["seed"])
             rm = sft.RewardModel.from_lm(load_stage_model(cfg, "pretrain", "cpu")).to(dist.device)
-            scfg = sft.SFTConfig(**{k: v for k, v in r.items() if k in sft.SFTConfig.__dataclass_fields__})
+            scfg = section_config(sft.SFTConfig, cfg, r)
             d = stage_dir(cfg, name)
             wrapped = wrap_model(rm, dist)
             sft.train_reward_model(wrapped, [encode(x) for x in make("train", r["n_train"])], kind, scfg, dist, d,

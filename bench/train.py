@@ -2,9 +2,11 @@
 
     python bench/train.py                                  # toy config, the pretraining batch shape
     python bench/train.py --config configs/toy.json --batch-size 16 --seq-len 256 --steps 10
+    python bench/train.py --precision fp32                 # bf16 autocast off (default "auto": see common.autocast)
 
 MFU = (train FLOPs per token, from model.counters: 6 x active params + attention) x tokens/s / peak FLOP/s,
-where the peak is the best timed square matmul (common.get_peak_flops: fp32 on CPU, bf16 on CUDA). Data are
+where the peak is the best timed square matmul (common.get_peak_flops) in the dtype the matmuls run in (bf16
+under autocast, else fp32). Data are
 random tokens: the cost of a step does not depend on them. Prints a markdown table and writes it under
 bench/results/.
 """
@@ -17,7 +19,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import get_peak_flops  # noqa: E402
+from common import autocast, get_peak_flops, uses_bf16  # noqa: E402
 from model import ModelArgs, Transformer  # noqa: E402
 from sft import SFTConfig, make_optimizer  # noqa: E402
 
@@ -29,6 +31,7 @@ def main():
     ap.add_argument("--seq-len", type=int, default=None, help="default: the config's pretrain seq_len")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--precision", default="auto", help="auto | bf16 | fp32 (common.autocast)")
     ap.add_argument("--vocab-size", type=int, default=None, help="default: the toy tokenizer's size if present")
     a = ap.parse_args()
     with open(a.config) as f:
@@ -48,12 +51,13 @@ def main():
     torch.manual_seed(0)
     model = Transformer(margs).to(device).train()
     opt = make_optimizer(model, SFTConfig())
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    amp = autocast(device, a.precision)
+    bf16 = uses_bf16(device, a.precision)
     x = torch.randint(0, margs.vocab_size, (B, T + 1), device=device)
     times = []
     for i in range(a.warmup + a.steps):
         t0 = time.perf_counter()
-        with autocast:
+        with amp:
             _, loss, _ = model(x[:, :-1], x[:, 1:])
         loss.backward()
         opt.step()
@@ -66,11 +70,11 @@ def main():
     c = model.counters(seq_len=T)
     step = sorted(times)[len(times) // 2]                       # median step time
     tok_s = B * T / step
-    peak = get_peak_flops(device)
+    peak = get_peak_flops(device, dtype=torch.bfloat16 if bf16 else torch.float32)
     achieved = c["train_flops_per_token"] * tok_s
     rows = [("device", f"{device.type} ({torch.get_num_threads()} threads)" if device.type == "cpu"
              else torch.cuda.get_device_name()),
-            ("config", os.path.basename(a.config)), ("batch x seq_len", f"{B} x {T}"),
+            ("config", os.path.basename(a.config)), ("matmul dtype", "bf16 (autocast)" if bf16 else "fp32"), ("batch x seq_len", f"{B} x {T}"),
             ("params total / active", f"{c['total_params'] / 1e6:.2f}M / {c['active_params'] / 1e6:.2f}M"),
             ("train FLOPs/token", f"{c['train_flops_per_token'] / 1e6:.1f}M"),
             ("step time (median)", f"{step * 1e3:.0f} ms"), ("tokens/s", f"{tok_s:,.0f}"),
@@ -80,7 +84,7 @@ def main():
     print(table)
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, f"train_{device.type}.md"), "w") as f:
+    with open(os.path.join(out, f"train_{device.type}_{'bf16' if bf16 else 'fp32'}.md"), "w") as f:
         f.write(table + "\n")
 
 

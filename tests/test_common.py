@@ -18,9 +18,9 @@ import torch
 import torch.distributed as tdist
 import torch.nn as nn
 
-from common import (CheckpointError, Dist, MetricsLogger, all_reduce_mean, build_model_from_checkpoint,
-                    get_peak_flops, get_rng_state, load_checkpoint, plot_metrics, print0, read_metrics,
-                    save_checkpoint, set_rng_state, set_seed, setup_distributed, unwrap, wrap_model)
+from common import (CheckpointError, Dist, MetricsLogger, all_reduce_mean, autocast, build_model_from_checkpoint,
+                    cpu_has_bf16, get_peak_flops, get_rng_state, load_checkpoint, plot_metrics, print0, read_metrics,
+                    save_checkpoint, set_rng_state, set_seed, setup_distributed, unwrap, uses_bf16, wrap_model)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -218,6 +218,20 @@ def test_single_process_setup_and_wrap(monkeypatch):
 def test_get_peak_flops_measures_something():
     flops = get_peak_flops("cpu", n=256, iters=2)
     assert 1e6 < flops < 1e15                                  # a CPU does between a MFLOP/s and a PFLOP/s
+
+
+def test_precision_rule_and_bad_value():
+    assert uses_bf16("cuda", "auto") and uses_bf16("cpu", "bf16")
+    assert not uses_bf16("cuda", "fp32") and not uses_bf16("cpu", "fp32")
+    assert uses_bf16("cpu", "auto") == cpu_has_bf16()
+    with pytest.raises(ValueError, match="precision must be one of.*'fp16'"):
+        uses_bf16("cpu", "fp16")
+    lin = nn.Linear(8, 8)
+    with autocast("cpu", "bf16"):
+        assert lin(torch.randn(2, 8)).dtype == torch.bfloat16    # matmuls in bf16, the weights stay fp32
+    assert lin.weight.dtype == torch.float32
+    with autocast("cpu", "fp32"):
+        assert lin(torch.randn(2, 8)).dtype == torch.float32
 
 
 # ---------------------------------------------------------------------------------------- data parallelism
