@@ -252,14 +252,16 @@ def split_of(canon: str) -> str:
 OTHER = {"en": "zh", "zh": "en"}
 PH = {
     "en": {"cols": ("ones", "tens", "hundreds", "thousands", "ten-thousands"), "write": "write {}",
-           "carry": " carry {}", "borrow": " borrow {}", "sofar": ", so far {}", "so": "so {}.", "answer_is": "The answer is {}.",
+           "carry": " carry {}", "borrow": " borrow {}", "sofar": ", so far {}", "so": "so {}.",
+           "answer_is": "The answer is {}.",
            "wait": "wait, check: {}={}, not {}.", "check": "check: {}, ok.", "first": "first {}.",
            "then": "then {}.", "now": "now {}.", "try": "try", "no": "no.", "yes": "yes.",
            "direct": ("so {}.", "so {}.", "easy, {}.", "I know this: {}."), "code_is": "Here is the code:",
            "code_check": "check: {} gives {}, ok.", "code_first": "first try: return {}.",
            "code_wait": "wait, check: {} should give {}, not {}. so: return {}.",
            "problem": "Problem: {}.\nSolution: {}", "qa": "Q: {}\nA: {}"},
-    "zh": {"cols": ("个位", "十位", "百位", "千位", "万位"), "write": "写{}", "carry": "进{}", "borrow": "借{}", "sofar": ", 目前 {}",
+    "zh": {"cols": ("个位", "十位", "百位", "千位", "万位"), "write": "写{}", "carry": "进{}", "borrow": "借{}",
+           "sofar": ", 目前 {}",
            "so": "所以 {}.", "answer_is": "答案是 {}.", "wait": "等等, 检查: {}={}, 不是{}.",
            "check": "检查: {}, 对.", "first": "先算 {}.", "then": "再算 {}.", "now": "现在算 {}.", "try": "试",
            "no": "不对.", "yes": "对.", "direct": ("所以 {}.", "很简单, {}.", "我知道, {}."), "code_is": "代码是:",
@@ -407,6 +409,11 @@ def _from_digits(ds) -> int:
     return int("".join(map(str, reversed(ds))))
 
 
+def _acc(out) -> str:
+    """The digits written so far (least significant first in `out`) as the number reads: "so far 08"."""
+    return "".join(map(str, reversed(out)))
+
+
 def _add_pad(pad, rng, a, b) -> int:
     A, B = _digits(a), _digits(b)
     out, c = [], 0
@@ -419,10 +426,6 @@ def _add_pad(pad, rng, a, b) -> int:
         _last_carry(pad, len(out), c, _acc(out))
         out.append(c)
     return _from_digits(out)
-
-
-def _acc(out) -> str:
-    return "".join(map(str, reversed(out)))
 
 
 def _sub_pad(pad, rng, a, b) -> int:

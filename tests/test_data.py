@@ -402,6 +402,34 @@ def test_corpus_arithmetic_is_true_in_correct_solutions(corpus):
     assert n > 5000
 
 
+
+def test_running_result_is_the_written_digits(corpus):
+    # after each column "so far" restates every digit written so far (most significant first), so the last one
+    # of an operation is its result: the final answer is a copy, not the written digits gathered in reverse
+    docs, metas = corpus
+    n = 0
+    for d, m in zip(docs, metas):
+        if m.get("task") != "arith" or m.get("quality") not in ("clean", "verified") or "Assistant:" not in d:
+            continue
+        body = completion_of(d)
+        digits = ""
+        for d_new, acc in re.findall(r"(?:write |写)(\d)[^.]*?(?:so far|目前) (\d+)\.", body):
+            digits = d_new + (digits if len(acc) > 1 else "")       # a one-digit "so far": an operation starts
+            assert acc == digits, (acc, digits, d)
+            n += 1
+        result = re.findall(r"(?:so|所以) \d+[-+*]\d+=(\d+)\.", body)[-1]
+        assert int(digits) == int(result), d                   # the last "so far" is the result (leading 0s aside)
+    assert n > 500
+
+
+def test_corpus_difficulty_filter():
+    docs, metas = data.pretrain_corpus(600, seed=2, with_meta=True, difficulty={"arith": [1], "countdown": [2]})
+    seen = {(m["task"], m["difficulty"]) for m in metas if m["kind"] == "r1zero" and m["task"] != "code"}
+    assert seen == {("arith", 1), ("countdown", 2)}
+    everything = {(m["task"], m["difficulty"]) for m in data.pretrain_corpus(600, seed=2, with_meta=True)[1]
+                  if m["kind"] == "r1zero" and m["task"] == "arith"}
+    assert everything == {("arith", lv) for lv in data.ARITH_LEVELS}
+
 def test_corpus_is_fast():
     t0 = time.perf_counter()
     docs = data.pretrain_corpus(20000, seed=3)
