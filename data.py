@@ -29,6 +29,7 @@ import functools
 import json
 import os
 import random
+import re
 import sys
 import zlib
 from collections import Counter, defaultdict
@@ -66,6 +67,11 @@ def chat_prompt(user: str, system: str = None) -> str:
 def cold_start_text(reasoning: str, summary: str) -> str:
     """R1's readable cold-start format |special_token|<reasoning_process>|special_token|<summary> (R1 §2.3.1)."""
     return f"{SEP}{reasoning}{SEP}{summary}"
+
+
+def one_step_per_line(reasoning: str) -> str:
+    """Whitespace collapsed, one step (sentence) per line: the readable reasoning of the cold-start layout."""
+    return "\n".join(p for p in re.split(r"(?<=[.。])\s+", " ".join(reasoning.split())) if p)
 
 
 # ================================================================================================ tokenizer
@@ -1007,6 +1013,7 @@ def eval_sets(n_per_set: int, seed: int = 1234, kinds=("arith", "countdown", "co
 STYLE_WEIGHTS = {"tagged_pad": 0.25, "tagged_direct": 0.10, "pad": 0.22, "direct": 0.18, "broken": 0.25}
 BROKEN_WEIGHTS = {"answer_only": 0.3, "no_close_think": 0.2, "outside": 0.3, "no_close_answer": 0.2}
 P_WRONG, P_FIXED, P_VERIFY, P_DIRECT_WRONG = 0.10, 0.15, 0.25, 0.20
+P_READABLE = 0.4        # share of chat worked solutions in the cold-start layout <|sep|>steps, one a line<|sep|>summary
 REASONING_MIX = {"arith": 0.58, "countdown": 0.32, "code": 0.10}
 CORPUS_MIX = {"r1zero": 0.35, "textbook": 0.30, "drill": 0.10, "chat": 0.10, "chat_reason": 0.09, "safety": 0.06}
 GENERAL_QUALITY = {"good": 0.65, "wrong": 0.12, "ramble": 0.13, "rude": 0.10}
@@ -1157,10 +1164,15 @@ def _doc_chat(rng, levels):
 
 
 def _doc_chat_reason(rng, levels):
+    """A chat answer to a reasoning task: a worked solution (some in the readable layout of R1's cold-start data,
+    which a base model like V3-Base has seen in its pretraining data) or a direct answer."""
     t = _corpus_task(rng, _pick(rng, REASONING_MIX), levels)
     if rng.random() < 0.6:
         body, ans, meta = _reason(t, rng)
-        resp = body + " " + _answer_is(t, ans, meta["end_lang"])
+        if rng.random() < P_READABLE:
+            resp = cold_start_text(one_step_per_line(body), _answer_is(t, ans, meta["end_lang"]))
+        else:
+            resp = body + " " + _answer_is(t, ans, meta["end_lang"])
     else:
         ans, ok = _direct(t, rng)
         resp = _answer_is(t, ans, t["lang"])

@@ -18,7 +18,6 @@ train_pipeline.py's stage functions wire them together.
 """
 import json
 import os
-import re
 from collections import Counter
 
 import torch
@@ -93,8 +92,7 @@ def readable(reasoning: str) -> str:
     """A chain of thought made readable: tags dropped, whitespace collapsed, one step (sentence) per line."""
     for tag in ("<think>", "</think>", "<answer>", "</answer>", SEP):
         reasoning = reasoning.replace(tag, " ")
-    s = " ".join(reasoning.split())
-    return "\n".join(p for p in re.split(r"(?<=[.。])\s+", s) if p)
+    return data.one_step_per_line(reasoning)
 
 
 def think_to_cold_start(response: str) -> str:
