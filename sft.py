@@ -130,8 +130,10 @@ def train(model, tokens, mask, cfg: SFTConfig, dist, out_dir: str, *, resume: bo
         set_rng_state(ck["rng"])
         start = ck["step"]
         print0(f"resumed from {ckpt_path} at step {start}")
-    elif not resume and dist.is_main and os.path.exists(os.path.join(out_dir, "metrics.jsonl")):
-        os.remove(os.path.join(out_dir, "metrics.jsonl"))   # a fresh run starts a fresh curve
+    elif not resume and dist.is_main:
+        for f in ("metrics.jsonl", "samples.jsonl"):         # a fresh run starts fresh curves and samples
+            if os.path.exists(os.path.join(out_dir, f)):
+                os.remove(os.path.join(out_dir, f))
     logger = MetricsLogger(os.path.join(out_dir, "metrics.jsonl"))
 
     world, rank = dist.world_size, dist.rank
