@@ -14,6 +14,7 @@ therefore tensors, numbers, strings, lists and dicts (the RNG states included).
 
 Tests: python -m pytest -q tests/test_common.py
 """
+import functools
 import json
 import math
 import os
@@ -449,6 +450,7 @@ def set_rng_state(state: dict):
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (x86 AVX512-BF16 or AMX). There, bf16 matmuls run ~2x faster than
     fp32 (toy model, AMD EPYC: 13.5k vs 6.9k training tokens/s on 2 threads); elsewhere they are emulated, slower."""
