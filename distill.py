@@ -259,13 +259,16 @@ def collect(model, tok, tasks: list, prompt_fn, c: dict, dist: Dist, *, style: s
 
 
 # ================================================================ top-ups: the "human-written" share of the data
-def corpus_solutions(n: int, seed: int, prompt_fn, filters: dict | None = None) -> list:
+def corpus_solutions(n: int, seed: int, prompt_fn, filters: dict | None = None,
+                     difficulty: dict | None = None) -> list:
     """Up to n correct worked solutions written by the toy world's generator (data.pretrain_corpus's R1-Zero
     documents, training problems only), rewritten into the cold-start layout and passed through the same
     filters. R1 §2.3.1 builds cold-start data partly by hand ("few-shot prompting with a long CoT ... refining
     through post-processing by human annotators"); here the generator is the annotator. It only tops a set
-    up to its configured minimum: the report states how many records came from it."""
-    docs, metas = data.pretrain_corpus(max(200, 40 * n), seed=seed, with_meta=True)
+    up to its configured minimum: the report states how many records came from it. difficulty: the config's
+    levels ({"arith": [1, 2]}), as in the prompts the stage samples: solutions of harder problems teach a small
+    model to write columns its problems do not have (the toy Step1 wrote "thousands:" for 60+69)."""
+    docs, metas = data.pretrain_corpus(max(200, 40 * n), seed=seed, with_meta=True, difficulty=difficulty)
     out = []
     for doc, m in zip(docs, metas):
         if m["kind"] != "r1zero" or not m.get("correct"):

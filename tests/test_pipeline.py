@@ -11,6 +11,7 @@ its input names the missing stage and the command that builds it; the students a
 row per model.
 """
 import os
+import re
 
 import pytest
 import torch
@@ -123,6 +124,17 @@ def test_filters_keep_the_corpus_clean_solutions_and_drop_its_mixed_ones():
             n_clean += 1
             assert why is None, (why, text)
     assert n_clean > 50 and n_mixed > 5
+
+
+def test_corpus_top_up_keeps_to_the_configured_levels():
+    """The hand-made share of an SFT set (corpus_solutions) solves problems of the config's levels only: a top-up
+    of harder problems taught the toy Step1 to write columns its two-digit problems do not have."""
+    def arith_numbers(recs):
+        return [re.findall(r"\d+", r["prompt"]) for r in recs if r["task"] == "arith"]
+    easy = arith_numbers(distill.corpus_solutions(60, 3, tp.chat_task_prompt, difficulty={"arith": [1]}))
+    assert len(easy) > 20 and all(len(ns) == 2 and all(len(n) == 2 for n in ns) for ns in easy), easy
+    every = arith_numbers(distill.corpus_solutions(60, 3, tp.chat_task_prompt))          # no levels: all four
+    assert any(len(n) > 2 for ns in every for n in ns)
 
 
 def test_general_judge_and_harm_judge():
