@@ -44,7 +44,7 @@ def test_forward_shapes_dtypes_and_loss_parts():
     assert loss.dim() == 0 and set(parts) == {"ce", "mtp", "balance"}
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in parts.values())
     assert parts["mtp"] > 0 and parts["balance"] > 0
-    p = {k: float(v) for k, v in parts.items()}
+    p = {k: float(v.detach()) for k, v in parts.items()}
     assert loss.item() == pytest.approx(p["ce"] + 0.3 * p["mtp"] + p["balance"], rel=1e-5)
 
 
