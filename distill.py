@@ -267,7 +267,7 @@ def corpus_solutions(n: int, seed: int, prompt_fn, filters: dict | None = None,
     through post-processing by human annotators"); here the generator is the annotator. It only tops a set
     up to its configured minimum: the report states how many records came from it. difficulty: the config's
     levels ({"arith": [1, 2]}), as in the prompts the stage samples: solutions of harder problems teach a small
-    model to write columns its problems do not have (the toy Step1 wrote "thousands:" for 60+69)."""
+    model to write columns its problems do not have (the toy Step1 wrote "thousands:" for 42+66)."""
     docs, metas = data.pretrain_corpus(max(200, 40 * n), seed=seed, with_meta=True, difficulty=difficulty)
     out = []
     for doc, m in zip(docs, metas):
