@@ -267,7 +267,9 @@ def corpus_solutions(n: int, seed: int, prompt_fn, filters: dict | None = None,
     through post-processing by human annotators"); here the generator is the annotator. It only tops a set
     up to its configured minimum: the report states how many records came from it. difficulty: the config's
     levels ({"arith": [1, 2]}), as in the prompts the stage samples: solutions of harder problems teach a small
-    model to write columns its problems do not have (the toy Step1 wrote "thousands:" for 42+66)."""
+    model to write columns its problems do not have (the toy Step1 wrote "thousands:" for 42+66). n <= 0: []."""
+    if n <= 0:
+        return []
     docs, metas = data.pretrain_corpus(max(200, 40 * n), seed=seed, with_meta=True, difficulty=difficulty)
     out = []
     for doc, m in zip(docs, metas):
@@ -287,7 +289,9 @@ def corpus_solutions(n: int, seed: int, prompt_fn, filters: dict | None = None,
 
 def corpus_chat(n: int, seed: int) -> list:
     """Up to n good (concise, correct) answers to general queries from the toy corpus's chat documents: the
-    stand-in for R1's non-reasoning SFT data taken from DeepSeek-V3's own SFT set (R1 §2.3.3)."""
+    stand-in for R1's non-reasoning SFT data taken from DeepSeek-V3's own SFT set (R1 §2.3.3). n <= 0: []."""
+    if n <= 0:
+        return []
     docs, metas = data.pretrain_corpus(max(200, 20 * n), seed=seed, with_meta=True)
     out = []
     for doc, m in zip(docs, metas):

@@ -823,9 +823,8 @@ def stage_cold_start(cfg, args, dist):
         records, stats = distill.collect(zero, tok, train_tasks(cfg, c), data.r1zero_prompt, c, dist,
                                          style="cold_start", rewrite=distill.to_cold_start,
                                          record_prompt=chat_task_prompt, source="zero")
-        n = c["min_examples"] - len(records)
-        extra = distill.corpus_solutions(n, c["seed"], chat_task_prompt, c.get("filters"), cfg.get("difficulty")) \
-            if n > 0 else []
+        extra = distill.corpus_solutions(c["min_examples"] - len(records), c["seed"], chat_task_prompt,
+                                         c.get("filters"), cfg.get("difficulty"))
         return records + extra, {"zero_samples": stats, "from_zero": len(records), "from_corpus": len(extra)}
     records, _ = cached_data(cfg, "cold_start", args, dist, build)
     sft_stage(cfg, "cold_start", "pretrain", records, c, args, dist)
@@ -858,10 +857,8 @@ def stage_rejection_sft(cfg, args, dist):
         general, st_g = distill.collect(base, tok, data.make_tasks("general", g["n"], seed=c["seed"]),
                                         chat_task_prompt, g, dist, style=None, source="base")
         extra_r = distill.corpus_solutions(c["min_examples"] - len(reasoning), c["seed"], chat_task_prompt,
-                                           c.get("filters"), cfg.get("difficulty")) \
-            if len(reasoning) < c["min_examples"] else []
-        extra_g = distill.corpus_chat(g["min_examples"] - len(general), c["seed"]) \
-            if len(general) < g["min_examples"] else []
+                                           c.get("filters"), cfg.get("difficulty"))
+        extra_g = distill.corpus_chat(g["min_examples"] - len(general), c["seed"])
         return reasoning + extra_r + general + extra_g, {
             "step2_samples": st_r, "base_general_samples": st_g, "reasoning_from_step2": len(reasoning),
             "reasoning_from_corpus": len(extra_r), "general_from_base": len(general),

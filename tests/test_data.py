@@ -402,7 +402,6 @@ def test_corpus_arithmetic_is_true_in_correct_solutions(corpus):
     assert n > 5000
 
 
-
 def test_running_result_is_the_written_digits(corpus):
     # after each column "so far" restates every digit written so far (most significant first), so the last one
     # of an operation is its result: the final answer is a copy, not the written digits gathered in reverse
@@ -429,6 +428,7 @@ def test_corpus_difficulty_filter():
     everything = {(m["task"], m["difficulty"]) for m in data.pretrain_corpus(600, seed=2, with_meta=True)[1]
                   if m["kind"] == "r1zero" and m["task"] == "arith"}
     assert everything == {("arith", lv) for lv in data.ARITH_LEVELS}
+
 
 def test_corpus_is_fast():
     t0 = time.perf_counter()

@@ -135,6 +135,7 @@ def test_corpus_top_up_keeps_to_the_configured_levels():
     assert len(easy) > 20 and all(len(ns) == 2 and all(len(n) == 2 for n in ns) for ns in easy), easy
     every = arith_numbers(distill.corpus_solutions(60, 3, tp.chat_task_prompt))          # no levels: all four
     assert any(len(n) > 2 for ns in every for n in ns)
+    assert distill.corpus_solutions(0, 3, tp.chat_task_prompt) == [] == distill.corpus_chat(-5, 3)  # nothing to top up
 
 
 def test_general_judge_and_harm_judge():
