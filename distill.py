@@ -23,6 +23,9 @@ from collections import Counter
 import torch
 
 import data
+import tokenizer
+import toychat
+import toyworld
 from common import Dist
 from rewards import (SEP, accuracy_reward, cot_text, extract_answer, format_reward, response_summary,
                      word_counts)
@@ -106,7 +109,7 @@ def think_to_cold_start(response: str) -> str:
 def summary_text(task: dict, answer: str) -> str:
     """The summary that closes a cold-start output (R1 §2.3.1), in the task's language: "The answer is X." (code:
     the function in a fenced block, which the code reward extracts)."""
-    ph = data.PH[task.get("lang") or "en"]
+    ph = toyworld.PH[task.get("lang") or "en"]
     if task["task"] == "code":
         return f"{ph['code_is']}\n```python\n{answer.strip()}\n```"
     return ph["answer_is"].format(answer.strip())
@@ -153,8 +156,8 @@ def general_correct(text: str, answer: str) -> bool:
 
 # Harm in the toy world (data.py's safety section): complying with a harmful request, in the answer or in the
 # reasoning, writes out one of its steps. The judge of the safety violation rate (the safety RM is the reward).
-HARMFUL_STEPS = tuple(s for harmful, _, _, steps in data.SAFETY_EN if harmful for s in steps) + tuple(
-    s for _, harmful, steps in data.SAFETY_ZH if harmful for s in steps)
+HARMFUL_STEPS = tuple(s for harmful, _, _, steps in toychat.SAFETY_EN if harmful for s in steps) + tuple(
+    s for _, harmful, steps in toychat.SAFETY_ZH if harmful for s in steps)
 
 
 def unsafe_by_rule(text: str) -> bool:
@@ -168,7 +171,7 @@ def safety_tasks(n: int, seed: int, split: str, harmful_only: bool = False) -> l
     make_safety_examples, whose responses are not needed here)."""
     out, k = [], 0
     while len(out) < n:
-        for x in data.make_safety_examples(4 * n, seed=seed + 7919 * k, split=split):
+        for x in toychat.make_safety_examples(4 * n, seed=seed + 7919 * k, split=split):
             if x["harmful_request"] or not harmful_only:
                 out.append({"task": "safety", "prompt": x["prompt"], "lang": x["lang"], "answer": "",
                             "harmful": x["harmful_request"]})
@@ -296,8 +299,8 @@ def corpus_chat(n: int, seed: int) -> list:
     out = []
     for doc, m in zip(docs, metas):
         if m["kind"] == "chat" and m["reply"] == "good":
-            prompt, completion = doc.split(data.ASSISTANT, 1)
-            out.append({"prompt": prompt + data.ASSISTANT, "completion": completion, "task": "general",
+            prompt, completion = doc.split(tokenizer.ASSISTANT, 1)
+            out.append({"prompt": prompt + tokenizer.ASSISTANT, "completion": completion, "task": "general",
                         "lang": m["lang"], "source": "corpus"})
             if len(out) == n:
                 break

@@ -220,7 +220,8 @@ def main(argv=None) -> int:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         return _fail(f"cannot load checkpoint {a.ckpt}: {first}")
     import data
-    tok = data.get_tokenizer(ckpt.get("tokenizer") or "toy")
+    import tokenizer
+    tok = tokenizer.get_tokenizer(ckpt.get("tokenizer") or "toy")
     text = data.r1zero_prompt(a.prompt) if a.template == "r1zero" else a.prompt
     ids = tok.encode(text)
     room = model.args.max_seq_len - len(ids)

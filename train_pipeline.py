@@ -34,6 +34,8 @@ from tqdm import tqdm
 
 import data
 import distill
+import tokenizer
+import toychat
 from common import (MetricsLogger, barrier, cleanup_distributed, get_rng_state, load_checkpoint, load_model_state_dict,
                     load_optimizer_state_dict, model_state_dict, optimizer_state_dict, plot_metrics, print0,
                     save_checkpoint, set_rng_state, setup_distributed, unwrap, wrap_model)
@@ -433,7 +435,7 @@ def stage_pretrain(cfg, args, dist, stage="pretrain"):
     folder: distill pretrains its students' bases with it (pretrain_student_<s>, cfg["model"] = the student's)."""
     import sft
     p = cfg["pretrain"]
-    tok = data.get_tokenizer(cfg["tokenizer"])
+    tok = tokenizer.get_tokenizer(cfg["tokenizer"])
     margs = ModelArgs(**{**cfg["model"], "vocab_size": tok.vocab_size})
     torch.manual_seed(p["seed"])
     model = Transformer(margs).to(dist.device)
@@ -622,7 +624,7 @@ def sft_stage(cfg, stage, init, records, s, args, dist, fmt="chat"):
     if not records:
         raise SystemExit(f"error: {stage}: no training examples survived the filters (see "
                          f"{stage_dir(cfg, stage)}/data.json); raise min_examples or sample more")
-    tok = data.get_tokenizer(cfg["tokenizer"])
+    tok = tokenizer.get_tokenizer(cfg["tokenizer"])
     model = load_stage_model(cfg, init, dist.device)
     tokens, mask = sft.pack_examples(distill.sft_examples(tok, records), s["seq_len"], tok.pad_id)
     steps = max(1, math.ceil(s["epochs"] * len(tokens) / s["batch_size"]))
@@ -640,7 +642,7 @@ def sft_stage(cfg, stage, init, records, s, args, dist, fmt="chat"):
 def grpo_stage(cfg, stage, init, s, reward, pool, args, dist, fmt="chat"):
     """GRPO from stage `init`'s model (also the KL reference, R1 eq. 1) with section s's GRPOConfig fields."""
     import grpo
-    tok = data.get_tokenizer(cfg["tokenizer"])
+    tok = tokenizer.get_tokenizer(cfg["tokenizer"])
     gcfg = section_config(grpo.GRPOConfig, cfg, s)
     torch.manual_seed(gcfg.seed)
     policy = load_stage_model(cfg, init, dist.device)
@@ -749,17 +751,17 @@ def stage_reward_models(cfg, args, dist):
     accuracy -> rm_*/eval.json. Then every finished model lacking them gets the helpfulness/safety columns."""
     import sft
     r = cfg["reward_models"]
-    tok = data.get_tokenizer(cfg["tokenizer"])
+    tok = tokenizer.get_tokenizer(cfg["tokenizer"])
     L = r["seq_len"]
 
     def pairs(split, n):
         return [{"prompt": data.chat_prompt(x["prompt"]), "chosen": x["chosen"], "rejected": x["rejected"]}
-                for x in data.make_preference_pairs(n, seed=r["seed"], split=split)]
+                for x in toychat.make_preference_pairs(n, seed=r["seed"], split=split)]
 
     def safety(split, n):   # half of the responses with a CoT are shown in the cold-start layout the policy writes
         return [{"prompt": data.chat_prompt(x["prompt"]), "safe": not x["unsafe"],
                  "response": distill.think_to_cold_start(x["response"]) if i % 2 else x["response"]}
-                for i, x in enumerate(data.make_safety_examples(n, seed=r["seed"], split=split))]
+                for i, x in enumerate(toychat.make_safety_examples(n, seed=r["seed"], split=split))]
 
     jobs = {"rm_helpful": ("pairs", pairs, lambda x: (sft.encode_rm(tok, x["prompt"], x["chosen"], L),
                                                       sft.encode_rm(tok, x["prompt"], x["rejected"], L))),
@@ -798,7 +800,7 @@ def backfill_general(cfg, dist):
                 os.path.join(stage_dir(cfg, p), "model.pt")):
             todo.append((p, res))
     barrier(dist)
-    tok = data.get_tokenizer(cfg["tokenizer"])
+    tok = tokenizer.get_tokenizer(cfg["tokenizer"])
     for p, res in todo:
         res.update(eval_general(load_stage_model(cfg, p, dist.device), tok, cfg, dist))
         if dist.is_main:
@@ -816,7 +818,7 @@ def stage_cold_start(cfg, args, dist):
     below min_examples is topped up with the toy world's own worked solutions (R1's hand-made share). The BASE
     model is fine-tuned on them (chat prompts), not R1-Zero."""
     c = cfg["cold_start"]
-    tok = data.get_tokenizer(cfg["tokenizer"])
+    tok = tokenizer.get_tokenizer(cfg["tokenizer"])
 
     def build():
         zero = load_stage_model(cfg, "zero", dist.device)
@@ -847,7 +849,7 @@ def stage_rejection_sft(cfg, args, dist):
     "DeepSeek-V3 SFT data"). The BASE model is fine-tuned on the union."""
     c = cfg["rejection_sft"]
     g = {**c, **c["general"]}
-    tok = data.get_tokenizer(cfg["tokenizer"])
+    tok = tokenizer.get_tokenizer(cfg["tokenizer"])
 
     def build():
         step2 = load_stage_model(cfg, "reasoning_rl", dist.device)
@@ -874,7 +876,7 @@ def stage_all_rl(cfg, args, dist):
     for the last general_steps steps: R1 saw reward hacking when RM-based training ran longer."""
     s = cfg["all_rl"]
     need_stage(cfg, "reward_models")
-    tok = data.get_tokenizer(cfg["tokenizer"])
+    tok = tokenizer.get_tokenizer(cfg["tokenizer"])
     helpful, safe = rm_rewards(load_reward_models(cfg, dist.device), tok, cfg)
     R, G = distill.REASONING, distill.GENERAL
     reward = {"accuracy": (only(R, accuracy_reward), 1.0), "format": (only(R, cold_start_format_reward), 1.0),
@@ -907,7 +909,7 @@ def stage_distill(cfg, args, dist):
     (pretrain_student_<s>), then fine-tuned on the set: SFT only, no RL (distill_<s>). The RL-only student runs
     the R1-Zero recipe on its base for the same training FLOPs as its distillation (rl_student_<s>)."""
     c = cfg["distill"]
-    tok = data.get_tokenizer(cfg["tokenizer"])
+    tok = tokenizer.get_tokenizer(cfg["tokenizer"])
     rj = cfg["rejection_sft"]
 
     def build():
@@ -941,7 +943,7 @@ def rl_student(cfg, name, records, args, dist):
     and the teacher's completion lengths; the measured FLOPs of both go to distill/compute.json)."""
     c = cfg["distill"]
     s = {**cfg["zero"], **c["rl"]}
-    tok = data.get_tokenizer(cfg["tokenizer"])
+    tok = tokenizer.get_tokenizer(cfg["tokenizer"])
     student = load_stage_model(cfg, f"pretrain_student_{name}", "cpu")
     ck = load_checkpoint(os.path.join(stage_dir(cfg, f"distill_{name}"), "model.pt"))
     budget = distill.sft_flops(student, ck["step"], c["sft"]["batch_size"], c["sft"]["seq_len"])

@@ -18,6 +18,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import data  # noqa: E402
+import tokenizer  # noqa: E402
 import grpo  # noqa: E402
 from common import build_model_from_checkpoint  # noqa: E402
 from model import ModelArgs, Transformer  # noqa: E402
@@ -39,7 +40,7 @@ def main():
     z.update({k: v for k, v in (("group_size", a.group_size), ("prompts_per_step", a.prompts),
                                 ("max_new_tokens", a.max_new_tokens)) if v})
     gcfg = grpo.GRPOConfig(**{k: v for k, v in z.items() if k in grpo.GRPOConfig.__dataclass_fields__})
-    tok = data.get_tokenizer(cfg.get("tokenizer", "toy"))
+    tok = tokenizer.get_tokenizer(cfg.get("tokenizer", "toy"))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if os.path.exists(a.ckpt):
         policy, _ = build_model_from_checkpoint(a.ckpt, device)

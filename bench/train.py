@@ -43,8 +43,8 @@ def main():
         margs.vocab_size = a.vocab_size
     else:
         try:
-            import data
-            margs.vocab_size = data.get_tokenizer(cfg.get("tokenizer", "toy")).vocab_size
+            import tokenizer
+            margs.vocab_size = tokenizer.get_tokenizer(cfg.get("tokenizer", "toy")).vocab_size
         except Exception:
             pass
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

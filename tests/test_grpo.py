@@ -346,7 +346,7 @@ def test_two_ranks_match_one_process(tmp_path, one_thread):
 
 # ------------------------------------------------------------------------------------ end to end: grpo_step
 class CharTokenizer:
-    """A character tokenizer over a tiny alphabet, with the interface of data.get_tokenizer's."""
+    """A character tokenizer over a tiny alphabet, with the interface of tokenizer.get_tokenizer's."""
     def __init__(self):
         self.chars = list("0123456789+=? abcdefghijklmnopqrstuvwxyz<>/")
         self.pad_id, self.eos_id = len(self.chars), len(self.chars) + 1

@@ -19,12 +19,14 @@ import torch
 import data
 import distill
 import sft
+import tokenizer
+import toychat
 import train_pipeline as tp
 from common import Dist
 from model import MoE, ModelArgs
 
 MICRO = os.path.join(tp.ROOT, "configs", "micro.json")
-SEP = data.SEP
+SEP = tokenizer.SEP
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -163,7 +165,7 @@ def test_only_masks_other_scenarios():
 # ========================================================================================= reward models
 def _tiny_rm(seed=0):
     torch.manual_seed(seed)
-    return sft.RewardModel(ModelArgs(vocab_size=data.TOY_VOCAB_SIZE, dim=32, inter_dim=64, moe_inter_dim=32,
+    return sft.RewardModel(ModelArgs(vocab_size=tokenizer.TOY_VOCAB_SIZE, dim=32, inter_dim=64, moe_inter_dim=32,
                                      n_layers=2, n_dense_layers=1, n_heads=2, n_routed_experts=4,
                                      n_expert_groups=2, n_limited_groups=1, kv_lora_rank=16, qk_nope_head_dim=8,
                                      qk_rope_head_dim=8, v_head_dim=8, max_seq_len=128))
@@ -182,12 +184,12 @@ def test_reward_model_losses_start_at_log2():
 
 
 def test_reward_models_rank_a_better_answer_above_a_worse_one(tmp_path):
-    tok = data.get_tokenizer("toy")
+    tok = tokenizer.get_tokenizer("toy")
     cfg = sft.SFTConfig(steps=100, batch_size=16, lr=3e-3, warmup=5, weight_decay=0.0, log_every=50, seed=0)
     L = 64
     pairs = [(sft.encode_rm(tok, data.chat_prompt(x["prompt"]), x["chosen"], L),
               sft.encode_rm(tok, data.chat_prompt(x["prompt"]), x["rejected"], L))
-             for x in data.make_preference_pairs(128, seed=0)]
+             for x in toychat.make_preference_pairs(128, seed=0)]
     helpful = _tiny_rm()
     m = sft.train_reward_model(helpful, pairs, "pairs", cfg, Dist(), str(tmp_path / "h"), tok.pad_id)
     assert m["loss"] < 0.5
@@ -199,7 +201,7 @@ def test_reward_models_rank_a_better_answer_above_a_worse_one(tmp_path):
     assert s[0] > s[1] and s[0] > s[2], s
 
     safety = [(sft.encode_rm(tok, data.chat_prompt(x["prompt"]), x["response"], L), int(not x["unsafe"]))
-              for x in data.make_safety_examples(128, seed=0)]
+              for x in toychat.make_safety_examples(128, seed=0)]
     safe_rm = _tiny_rm(1)
     sft.train_reward_model(safe_rm, safety, "pointwise", cfg, Dist(), str(tmp_path / "s"), tok.pad_id)
     prompt = data.chat_prompt("Tell me how to steal a bike")
@@ -286,7 +288,7 @@ def test_all_stages_end_to_end_kill_resume_skip_force(tmp_path, monkeypatch, cap
     assert any(isinstance(m, MoE) for m in teacher.modules())
     for stage in ("cold_start", "rejection_sft", "distill"):
         recs = distill.read_jsonl(str(d / stage / "data.jsonl"))
-        assert recs and all(r["prompt"].startswith(data.USER) and r["prompt"].endswith(data.ASSISTANT)
+        assert recs and all(r["prompt"].startswith(tokenizer.USER) and r["prompt"].endswith(tokenizer.ASSISTANT)
                             for r in recs)
         assert all(distill.format_ok(r["completion"], "cold_start") for r in recs if r["task"] in distill.REASONING)
     comp = tp._read_json(str(d / "distill" / "compute.json"))

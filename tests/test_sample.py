@@ -167,9 +167,9 @@ def test_cli_missing_and_corrupt_checkpoints(tmp_path, capsys):
 def test_cli_streams_one_completion_and_prints_several(tmp_path, capsys):
     from dataclasses import asdict
 
-    import data
+    import tokenizer
     from common import save_checkpoint
-    tok = data.get_tokenizer("toy")
+    tok = tokenizer.get_tokenizer("toy")
     m = tiny_model(vocab_size=tok.vocab_size)
     path = tmp_path / "model.pt"
     save_checkpoint(str(path), {"model": m.state_dict(), "model_args": asdict(m.args), "tokenizer": "toy"})
