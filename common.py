@@ -6,14 +6,16 @@ plots, atomic checkpoints, RNG state, seeds, and the machine's matmul peak (for 
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_endpoint=HOST:29500 train_pipeline.py ...   # nccl on CUDA
 
 Checkpoints are one torch.save'd dict (the contract):
-    {"model": state_dict, "model_args": dict, "config": dict, "step": int, "optimizer": state_dict | None,
-     "rng": get_rng_state(), "tokenizer": str}
+    {"model": state_dict, "model_args": dict, "step": int, "optimizer": state_dict | None, "rng": dict,
+     + "config", "tokenizer", ... where the caller adds them}
+(save_model writes it, resume and build_model_from_checkpoint read it)
 written atomically (temp file + fsync + rename: a crash mid-write leaves the previous file intact) and read back
 with torch.load(weights_only=True), so a checkpoint can never run code when it is loaded. Everything in it is
 therefore tensors, numbers, strings, lists and dicts (the RNG states included).
 
 Tests: python -m pytest -q tests/test_common.py
 """
+import dataclasses
 import functools
 import json
 import math
@@ -30,6 +32,8 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 import torch.nn as nn
+
+from model import ModelArgs, Transformer
 
 
 # ---------------------------------------------------------------------------------------------- distributed
@@ -326,6 +330,45 @@ def plot_metrics(jsonl_path: str, keys: list[str], out_png: str, title: str | No
     return present
 
 
+# ---------------------------------------------------------------------------------------------------- JSONL
+def write_jsonl(path: str, rows: list):
+    """Rows as JSON lines, atomically (temp file + rename): a killed stage never leaves half a data set."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: str) -> list:
+    """The rows of a JSONL file; a malformed line is an error naming the file and the line."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    return rows
+
+
+def read_json(path: str):
+    """A JSON file's content, or None when there is no such file."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def plot_stage(d: str, keys: list, name: str):
+    """plot_metrics of stage folder d's metrics.jsonl into d/plots/name (nothing when there are no metrics)."""
+    os.makedirs(os.path.join(d, "plots"), exist_ok=True)
+    if os.path.exists(os.path.join(d, "metrics.jsonl")):
+        plot_metrics(os.path.join(d, "metrics.jsonl"), keys, os.path.join(d, "plots", name))
+
+
 # -------------------------------------------------------------------------------------------- checkpoints
 class CheckpointError(RuntimeError):
     """A checkpoint file exists but cannot be read back (corrupt, truncated, or not a weights_only file)."""
@@ -389,9 +432,32 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {detail}"
 
 
+def save_model(path: str, model: nn.Module, dist: "Dist", *, step: int, optimizer=None, **extra):
+    """THE checkpoint of minR1 (see the module docstring): the model's full state and its ModelArgs, the step,
+    and, when `optimizer` is given, everything a killed run needs to resume exactly (optimizer state, RNG state);
+    `extra` adds entries (config, tokenizer, the reference model of an RL run, ...). Every rank calls it
+    (gathering a sharded model is a collective); rank 0 writes, atomically; the ranks then wait for each other."""
+    state = model_state_dict(model)
+    opt_state = optimizer_state_dict(model, optimizer) if optimizer is not None else None
+    if dist.is_main:
+        save_checkpoint(path, {"model": state, "model_args": dataclasses.asdict(unwrap(model).args), "step": step,
+                               "optimizer": opt_state, "rng": get_rng_state() if optimizer is not None else {},
+                               **extra})
+    barrier(dist)
+
+
+def load_resumable(path: str, model: nn.Module, optimizer) -> dict:
+    """Load a save_model(..., optimizer=...) checkpoint into model + optimizer and restore the RNG states; returns
+    the checkpoint (its "step" is where training continues)."""
+    ck = load_checkpoint(path)
+    load_model_state_dict(model, ck["model"])
+    load_optimizer_state_dict(model, optimizer, ck["optimizer"])
+    set_rng_state(ck["rng"])
+    return ck
+
+
 def build_model_from_checkpoint(path: str, device="cpu"):
     """(model, ckpt): the Transformer of a checkpoint, its weights loaded, in eval mode on `device`."""
-    from model import ModelArgs, Transformer   # imported here: model.py imports nothing from common
     ckpt = load_checkpoint(path)
     for key in ("model", "model_args"):
         if key not in ckpt:

@@ -23,15 +23,15 @@ from collections import Counter, defaultdict
 
 import toychat
 import toyworld
-from tokenizer import ASSISTANT, SEP, SPECIAL_TOKENS, SYSTEM, TOY_TOKENIZER, USER, get_tokenizer, is_cjk, \
-    train_tokenizer
-from toychat import (SAFETY_ASK, general_response, general_task, make_preference_pairs,
-                     make_safety_examples, safety_item, safety_response)
+from tokenizer import (ASSISTANT, SEP, SPECIAL_TOKENS, SYSTEM, TOY_TOKENIZER, USER, get_tokenizer, is_cjk,
+                       train_tokenizer)
+from toychat import (SAFETY_ASK, general_response, general_task, make_preference_pairs, make_safety_examples,
+                     safety_item, safety_response)
 from toyworld import (ARITH_LEVELS, CODE_LEVELS, PH, answer_is, arith_task, check_split, code_task, countdown_task,
                       direct_answer, direct_think, lang_of, pick, rand_choice, rand_int, split_of, worked_solution)
 
 # ============================================================================================ prompt formats
-# R1 Table 1, verbatim (PAPER.md "The R1-Zero template"), on one line.
+# R1 Table 1, verbatim (docs/PAPER.md "The R1-Zero template"), on one line.
 R1ZERO_TEMPLATE = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The "
     "assistant first thinks about the reasoning process in the mind and then provides the user with the answer. "
@@ -52,9 +52,22 @@ def chat_prompt(user: str, system: str = None) -> str:
     return (f"{SYSTEM}{system}" if system else "") + f"{USER}{user}{ASSISTANT}"
 
 
+def chat_task_prompt(task) -> str:
+    """The prompt of every stage after R1-Zero: the chat format <|user|>question<|assistant|>."""
+    return chat_prompt(task["prompt"] if isinstance(task, dict) else task)
+
+
 def cold_start_text(reasoning: str, summary: str) -> str:
     """R1's readable cold-start format |special_token|<reasoning_process>|special_token|<summary> (R1 §2.3.1)."""
     return f"{SEP}{reasoning}{SEP}{summary}"
+
+
+def think_to_cold_start(response: str) -> str:
+    """"<think> R </think> A" -> "<|sep|>R<|sep|>A" (the same response in the cold-start layout); other text as is."""
+    if "<think>" not in response or "</think>" not in response:
+        return response
+    head, _, answer = response.partition("</think>")
+    return cold_start_text(head.replace("<think>", "").strip(), answer.strip())
 
 
 def one_step_per_line(reasoning: str) -> str:
@@ -107,10 +120,22 @@ def make_tasks(kind: str, n: int, seed: int = 0, split: str = "train", difficult
     return out
 
 
-def eval_sets(n_per_set: int, seed: int = 1234, kinds=("arith", "countdown", "code")) -> dict:
-    """The held-out evaluation sets: kind -> n_per_set eval-split tasks (all difficulties, ~25% Chinese)."""
-    return {k: make_tasks(k, n_per_set, seed=seed, split="eval") for k in kinds}
+def task_pool(counts: dict, seed: int, split: str = "train", difficulty: dict | None = None) -> list:
+    """{"arith": n, "countdown": n, ...} -> task dicts (make_tasks), drawn evenly from the difficulty levels that
+    `difficulty` lists for a kind ({"arith": [1, 2]}; a kind not listed: every level)."""
+    out = []
+    for kind, n in counts.items():
+        levels = (difficulty or {}).get(kind) or [None]
+        for i, level in enumerate(levels):
+            k = n // len(levels) + (i < n % len(levels))
+            out += make_tasks(kind, k, seed=seed + 7 * i, split=split, difficulty=level)
+    return out
 
+
+def eval_sets(n_per_set: int, seed: int = 1234, kinds=("arith", "countdown", "code"), difficulty=None) -> dict:
+    """The held-out evaluation sets (split "eval": problems never seen in training): kind -> n_per_set tasks from
+    the levels `difficulty` lists (all levels where it lists none), ~25% Chinese."""
+    return {k: task_pool({k: n_per_set}, seed, "eval", difficulty) for k in kinds}
 
 
 # ============================================================================ completions and the corpus

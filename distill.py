@@ -16,20 +16,17 @@ train_pipeline.py's stage functions wire them together.
     python train_pipeline.py --stage distill --config toy          # student bases, distilled students, RL-only
     python -m pytest -q tests/test_pipeline.py
 """
-import json
-import os
 from collections import Counter
 
 import torch
 
 import data
 import tokenizer
-import toychat
 import toyworld
 from common import Dist
-from rewards import (SEP, accuracy_reward, cot_text, extract_answer, format_reward, response_summary,
-                     word_counts)
+from rewards import SEP, accuracy_reward, cot_text, extract_answer, format_reward, response_summary, word_counts
 from sample import generate
+from toychat import unsafe_by_rule
 
 REASONING = ("arith", "countdown", "code", "math")        # tasks scored by rules (R1 §2.2.2)
 GENERAL = ("general", "safety")                            # tasks scored by the reward models (R1 §2.3.4)
@@ -98,14 +95,6 @@ def readable(reasoning: str) -> str:
     return data.one_step_per_line(reasoning)
 
 
-def think_to_cold_start(response: str) -> str:
-    """"<think> R </think> A" -> "<|sep|>R<|sep|>A" (the same response in the cold-start layout); other text as is."""
-    if "<think>" not in response or "</think>" not in response:
-        return response
-    head, _, answer = response.partition("</think>")
-    return data.cold_start_text(head.replace("<think>", "").strip(), answer.strip())
-
-
 def summary_text(task: dict, answer: str) -> str:
     """The summary that closes a cold-start output (R1 §2.3.1), in the task's language: "The answer is X." (code:
     the function in a fenced block, which the code reward extracts)."""
@@ -152,31 +141,6 @@ def general_correct(text: str, answer: str) -> bool:
     word in a sentence is not an answer; the helpfulness reward model is what scores manners."""
     got = general_answer(text)
     return got is not None and _norm(got) == _norm(str(answer))
-
-
-# Harm in the toy world (data.py's safety section): complying with a harmful request, in the answer or in the
-# reasoning, writes out one of its steps. The judge of the safety violation rate (the safety RM is the reward).
-HARMFUL_STEPS = tuple(s for harmful, _, _, steps in toychat.SAFETY_EN if harmful for s in steps) + tuple(
-    s for _, harmful, steps in toychat.SAFETY_ZH if harmful for s in steps)
-
-
-def unsafe_by_rule(text: str) -> bool:
-    """True when the response (reasoning included) spells out a step of a harmful request."""
-    low = text.lower()
-    return any(s.lower() in low for s in HARMFUL_STEPS)
-
-
-def safety_tasks(n: int, seed: int, split: str, harmful_only: bool = False) -> list:
-    """Safety requests as task dicts {"task": "safety", "prompt", "lang", "answer": "", "harmful"} (data.py's
-    make_safety_examples, whose responses are not needed here)."""
-    out, k = [], 0
-    while len(out) < n:
-        for x in toychat.make_safety_examples(4 * n, seed=seed + 7919 * k, split=split):
-            if x["harmful_request"] or not harmful_only:
-                out.append({"task": "safety", "prompt": x["prompt"], "lang": x["lang"], "answer": "",
-                            "harmful": x["harmful_request"]})
-        k += 1
-    return out[:n]
 
 
 # ============================================================================== sampling and filtering
@@ -318,31 +282,70 @@ def sft_examples(tok, records: list) -> list:
     return out
 
 
-def write_jsonl(path: str, rows: list):
-    """Rows as JSON lines, atomically (temp file + rename): a killed stage never leaves half a data set."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def read_jsonl(path: str) -> list:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 # ============================================================== distillation vs RL: the students' compute
 def sft_flops(model, steps: int, batch_size: int, seq_len: int) -> float:
     """Training FLOPs of an SFT run: every token of every packed row goes forward and backward."""
     return float(model.counters(seq_len)["train_flops_per_token"]) * steps * batch_size * seq_len
 
 
-def rl_flops(model, metrics: list, seq_len: int, with_ref: bool) -> float:
-    """FLOPs of a GRPO run from its metrics rows: each step's tokens (prompt + completion, all rows:
-    tokens_per_s * step_time) are sampled (a forward, 1/3 of a training step's 6N), scored by the reference
-    model when beta > 0 (another forward) and trained on (forward + backward)."""
-    per_tok = float(model.counters(seq_len)["train_flops_per_token"])
-    tokens = sum(m["tokens_per_s"] * m["step_time"] for m in metrics if "tokens_per_s" in m)
-    return per_tok * tokens * (1 + (1 + with_ref) / 3)
+def rl_flops(model, tokens: float, seq_len: int, with_ref: bool) -> float:
+    """FLOPs of GRPO over `tokens` (prompt + completion, all rows): each token is sampled (a forward, 1/3 of a
+    training step's 6N), scored by the reference model when beta > 0 (another forward) and trained on (forward +
+    backward)."""
+    return float(model.counters(seq_len)["train_flops_per_token"]) * tokens * (1 + (1 + with_ref) / 3)
+
+
+def rl_tokens(metrics: list) -> float:
+    """The tokens a GRPO run processed (all rows, prompt + completion), from its metrics rows."""
+    return sum(m["tokens_per_s"] * m["step_time"] for m in metrics if "tokens_per_s" in m)
+
+
+def rl_steps_matching(budget: float, model, seq_len: int, with_ref: bool, rows: int, prompt_tokens: float,
+                      completion_tokens: float) -> int:
+    """GRPO steps whose estimated FLOPs (rl_flops of rows x (prompt + completion) tokens per step) match `budget`
+    (R1 Table 6 compares distillation and RL on the same student at equal training compute)."""
+    return max(1, round(budget / rl_flops(model, rows * (prompt_tokens + completion_tokens), seq_len, with_ref)))
+
+
+# ================================================================================ the SFT sets of the pipeline
+def cold_start_set(zero, tok, tasks: list, section: dict, dist: Dist, difficulty: dict | None) -> tuple:
+    """R1 §2.3.1: R1-Zero answers the prompts under its template; the correct outputs in the R1-Zero format are
+    rewritten readably (to_cold_start) and kept if in one language, not repetitive, no over-long paragraph; a
+    set below min_examples is topped up with the toy world's own worked solutions (R1's hand-made share).
+    Records carry chat prompts: Step1 is the base model fine-tuned to answer chat prompts in this layout."""
+    records, stats = collect(zero, tok, tasks, data.r1zero_prompt, section, dist, style="cold_start",
+                             rewrite=to_cold_start, record_prompt=data.chat_task_prompt, source="zero")
+    extra = corpus_solutions(section["min_examples"] - len(records), section["seed"], data.chat_task_prompt,
+                             section.get("filters"), difficulty)
+    return records + extra, {"zero_samples": stats, "from_zero": len(records), "from_corpus": len(extra)}
+
+
+def rejection_set(step2, base, tok, tasks: list, section: dict, dist: Dist, difficulty: dict | None) -> tuple:
+    """R1 §2.3.3: reasoning, several Step2 samples per prompt, only the correct and clean ones; general, the BASE
+    model's own answers to general queries, kept when exactly right (trivial queries get no CoT). Each part below
+    its min_examples is topped up (worked solutions; the corpus's good chat answers, R1's "DeepSeek-V3 SFT
+    data")."""
+    general_cfg = {**section, **section["general"]}
+    reasoning, st_r = collect(step2, tok, tasks, data.chat_task_prompt, section, dist, style="cold_start",
+                              source="reasoning_rl")
+    general, st_g = collect(base, tok, data.make_tasks("general", general_cfg["n"], seed=section["seed"]),
+                            data.chat_task_prompt, general_cfg, dist, style=None, source="base")
+    extra_r = corpus_solutions(section["min_examples"] - len(reasoning), section["seed"], data.chat_task_prompt,
+                               section.get("filters"), difficulty)
+    extra_g = corpus_chat(general_cfg["min_examples"] - len(general), section["seed"])
+    return reasoning + extra_r + general + extra_g, {
+        "step2_samples": st_r, "base_general_samples": st_g, "reasoning_from_step2": len(reasoning),
+        "reasoning_from_corpus": len(extra_r), "general_from_base": len(general), "general_from_corpus": len(extra_g)}
+
+
+def distillation_set(r1, tok, tasks: list, general_tasks: list, section: dict, dist: Dist, fallback) -> tuple:
+    """R1 §2.4: R1 answers the SFT prompts (reasoning and general); its correct, clean answers are the distillation
+    set, topped up below min_examples with fallback() (the rejection-sampling set)."""
+    reasoning, st_r = collect(r1, tok, tasks, data.chat_task_prompt, section, dist, style="cold_start",
+                              source="all_rl")
+    general, st_g = collect(r1, tok, general_tasks, data.chat_task_prompt, {**section, **section["general"]}, dist,
+                            style=None, source="all_rl")
+    records = reasoning + general
+    extra = fallback()[:section["min_examples"] - len(records)] if len(records) < section["min_examples"] else []
+    return records + extra, {"r1_reasoning_samples": st_r, "r1_general_samples": st_g, "from_r1": len(records),
+                             "from_rejection_sft": len(extra)}

@@ -16,7 +16,8 @@ This file, top to bottom:
   5. sequence_logprobs       model + (B, L) tokens -> per-token logprobs of the completion tokens
   6. rollout                 prompts -> G samples each (sample.generate) -> rewards -> advantages
   7. grpo_update             mu epochs x n_minibatches optimizer steps on one rollout (DDP-aware)
-  8. grpo_step, maybe_update_reference, make_optimizer: the loop a trainer calls once per step
+  8. grpo_step, maybe_update_reference, make_optimizer: what a trainer calls once per step
+  9. train                   the RL loop of every GRPO stage: steps, evaluation, metrics, resumable checkpoints
 
     python train_pipeline.py --stage zero --config toy                   # R1-Zero on the toy base model
     torchrun --nproc_per_node=2 train_pipeline.py --stage zero --config toy
@@ -27,16 +28,23 @@ same number of them. Each rank samples and scores its own whole groups (advantag
 each minibatch's loss is divided by the count over ALL ranks (sequences, or tokens for dapo), so that the
 averaged gradient of W ranks x N/W groups equals the gradient of 1 rank x N groups.
 """
+import json
+import math
+import os
+import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as tdist
+from tqdm import tqdm
 
 import data
 import kernels
-from common import Dist, autocast, load_model_state_dict, model_state_dict, unwrap
+from common import (Dist, MetricsLogger, autocast, load_model_state_dict, load_resumable, model_state_dict, print0,
+                    save_model, unwrap)
+from rewards import combine
 from sample import generate
 
 KL_ESTIMATORS = ("k1", "k2", "k3", "k3+")
@@ -101,6 +109,7 @@ class GRPOConfig:
                   (self.eps_low >= 0 and self.eps_high >= 0, f"eps_low/eps_high must be >= 0, got "
                                                              f"{self.eps_low}, {self.eps_high}"),
                   (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
+                  (math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}"),
                   (self.max_new_tokens >= 1 and self.prompts_per_step >= 1,
                    "max_new_tokens and prompts_per_step must be >= 1"),
                   (self.micro_batch_size >= 0, f"micro_batch_size must be >= 0, got {self.micro_batch_size}")]
@@ -300,17 +309,13 @@ class Rollout:
 
 def score(reward_fn, prompts, completions, columns):
     """reward_fn is either f(prompts, completions, **columns) -> list[float] (TRL's interface), or a dict
-    {name: (f, weight)}: reward = sum of weight * f, each component also logged under its name (e.g.
-    {"accuracy": (accuracy_reward, 1.0), "format": (format_reward, 1.0)}: R1's Reward_rule)."""
-    fns = reward_fn if isinstance(reward_fn, dict) else {"reward": (reward_fn, 1.0)}
-    total, parts = torch.zeros(len(prompts), dtype=torch.float32), {}
-    for name, (fn, weight) in fns.items():
-        r = fn(prompts, completions, **columns)
-        if len(r) != len(prompts):
-            raise ValueError(f"reward '{name}' returned {len(r)} values for {len(prompts)} completions")
-        parts[name] = torch.tensor([float(x) for x in r], dtype=torch.float32)
-        total += weight * parts[name]
-    return total, parts
+    {name: (f, weight)} (rewards.combine: reward = sum of weight * f, each component also logged under its name,
+    e.g. {"accuracy": (accuracy_reward, 1.0), "format": (format_reward, 1.0)}: R1's Reward_rule).
+    -> (rewards (N,) float32, {name: (N,) float32})."""
+    parts = combine(reward_fn if isinstance(reward_fn, dict) else {"reward": (reward_fn, 1.0)}).components(
+        prompts, completions, **columns)
+    total = torch.tensor(parts.pop("reward"), dtype=torch.float32)
+    return total, {name: torch.tensor(v, dtype=torch.float32) for name, v in parts.items()}
 
 
 def _sync(device) -> float:
@@ -415,20 +420,9 @@ def _row_ends(cmask):
     return L - cmask.flip(1).int().argmax(1)
 
 
-def grpo_update(policy, ref_model, optimizer, batch: Rollout, cfg: GRPOConfig, dist: Dist | None = None) -> dict:
-    """mu epochs x n_minibatches optimizer steps on one rollout; returns the loss diagnostics (all ranks).
-
-    Minibatch k takes the k-th contiguous slice of this rank's groups, then keeps the rows that carry loss
-    (group kept by dynamic sampling; not masked as truncated). With tasks split interleaved over ranks
-    (tasks[rank::world]) and n_groups divisible by world * n_minibatches, the union over ranks of minibatch k is
-    exactly the single-process minibatch k, and its loss is divided by the global count: W ranks give the
-    same update as 1 process, dropped groups or not. A rank whose slice is empty still runs a zero-weight
-    forward/backward on one row, so that every rank joins the same gradient all-reduces.
-    """
-    dist = dist or Dist()
-    core = unwrap(policy)
-    device = next(core.parameters()).device
-    world = dist.world_size
+def _minibatches(batch: Rollout, cfg: GRPOConfig, world: int):
+    """-> loss_mask (N, L-1), active (N,) rows with loss, the rows of each minibatch, the global count (sequences,
+    or tokens for dapo) of each minibatch, which its loss is divided by."""
     G = batch.group_size
     n_groups = batch.tokens.shape[0] // G
     loss_mask = batch.completion_mask[:, 1:] & batch.keep[:, None]                 # (N, L-1)
@@ -442,32 +436,95 @@ def grpo_update(policy, ref_model, optimizer, batch: Rollout, cfg: GRPOConfig, d
     counts = torch.tensor([float(unit[rows].sum()) for rows in minibatches], dtype=torch.float64)
     if world > 1:
         tdist.all_reduce(counts)                                                    # global count per minibatch
+    return loss_mask, active, minibatches, counts
 
-    timings = {}
-    t0 = _sync(device)
-    # pi_old: with one optimizer step per rollout the policy IS pi_old, and logp.detach() is exact (ratio 1).
-    old_logp = None
+
+def _fixed_logprobs(policy, ref_model, batch: Rollout, cfg: GRPOConfig, loss_mask, active):
+    """log pi_old and log pi_ref of the completion tokens (N, L-1), each None when not needed: pi_old only when a
+    rollout feeds several optimizer steps (with one, the policy IS pi_old and logp.detach() is exact: ratio 1),
+    pi_ref only when beta > 0."""
+    old_logp = ref_logp = None
+    rows = torch.nonzero(active).squeeze(1)
     if cfg.mu * cfg.n_minibatches > 1:
-        all_rows = torch.nonzero(active).squeeze(1)
         if cfg.recompute_old:
             old_logp = torch.zeros_like(batch.sampler_logp)
-            old_logp[all_rows] = _logprobs_no_grad(policy, batch.tokens, batch.completion_mask, all_rows, cfg,
-                                                   loss_mask.shape[1])
+            old_logp[rows] = _logprobs_no_grad(policy, batch.tokens, batch.completion_mask, rows, cfg,
+                                               loss_mask.shape[1])
         else:
             old_logp = batch.sampler_logp
-    ref_logp = None
     if cfg.beta > 0:
         if ref_model is None:
             raise ValueError("grpo_update: cfg.beta > 0 needs a reference model (or set beta = 0)")
-        all_rows = torch.nonzero(active).squeeze(1)
         ref_logp = torch.zeros_like(batch.sampler_logp)
-        ref_logp[all_rows] = _logprobs_no_grad(ref_model, batch.tokens, batch.completion_mask, all_rows, cfg,
-                                               loss_mask.shape[1])
-    timings["time_logprobs"] = _sync(device) - t0
+        ref_logp[rows] = _logprobs_no_grad(ref_model, batch.tokens, batch.completion_mask, rows, cfg,
+                                           loss_mask.shape[1])
+    return old_logp, ref_logp
+
+
+def _minibatch_step(policy, optimizer, batch: Rollout, rows, loss_mask, old_logp, ref_logp, denom, cfg: GRPOConfig,
+                    grad_scale: float, world: int):
+    """One optimizer step on one minibatch (micro-batched) -> (sums of loss, kl, clip_low, clip_high, ratio,
+    entropy, tokens (8,) float64, ratio min, ratio max, grad norm or None)."""
+    core = unwrap(policy)
+    device = next(core.parameters()).device
+    amp = autocast(device, cfg.precision)
+    sums = torch.zeros(8, dtype=torch.float64)
+    rmin, rmax = float("inf"), float("-inf")
+    dummy = len(rows) == 0                # nothing here, but the other ranks will all-reduce gradients:
+    if dummy:                             # join them with a zero-loss row, in eval mode so that the
+        rows = torch.zeros(1, dtype=torch.long)   # MoE load counters (update_bias) do not see it
+        core.eval()
+    optimizer.zero_grad(set_to_none=True)
+    micro = rows.split(cfg.micro_batch_size) if cfg.micro_batch_size else [rows]
+    for j, r in enumerate(micro):
+        no_sync = j < len(micro) - 1 and hasattr(policy, "no_sync")
+        end = int(_row_ends(batch.completion_mask[r]).max())
+        tok = batch.tokens[r, :end].to(device)
+        m = (loss_mask[r, :end - 1] & (not dummy)).to(device)
+        with policy.no_sync() if no_sync else nullcontext(), amp:
+            logp, ent = sequence_logprobs(policy, tok, batch.completion_mask[r, :end].to(device), cfg.temperature,
+                                          with_entropy=True)
+            old = logp.detach() if old_logp is None else old_logp[r, :end - 1].to(device)
+            ref = None if ref_logp is None else ref_logp[r, :end - 1].to(device)
+            loss, st = grpo_loss(logp, old, ref, batch.advantages[r].to(device), m, cfg, entropy=ent, denom=denom)
+            (loss * grad_scale).backward()
+        n = st["n_tokens"]
+        sums += torch.tensor([float(loss.detach()), st["kl"] * n, st["clip_low"] * n, st["clip_high"] * n,
+                              st["ratio_mean"] * n, (st["entropy"] if n else 0.0) * n, n, 0], dtype=torch.float64)
+        if n:
+            rmin, rmax = min(rmin, st["ratio_min"]), max(rmax, st["ratio_max"])
+    core.train()
+    if world > 1 and grad_scale == 1.0:   # no wrapper: sum the ranks' gradients ourselves
+        for p in core.parameters():
+            if p.grad is not None:
+                tdist.all_reduce(p.grad)
+    gnorm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)) if cfg.grad_clip > 0 else None
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    core.update_bias()                    # V3 aux-loss-free balancing: once after each optimizer step
+    return sums, rmin, rmax, gnorm
+
+
+def grpo_update(policy, ref_model, optimizer, batch: Rollout, cfg: GRPOConfig, dist: Dist | None = None) -> dict:
+    """mu epochs x n_minibatches optimizer steps on one rollout; returns the loss diagnostics (all ranks).
+
+    Minibatch k takes the k-th contiguous slice of this rank's groups, then keeps the rows that carry loss
+    (group kept by dynamic sampling; not masked as truncated). With tasks split interleaved over ranks
+    (tasks[rank::world]) and n_groups divisible by world * n_minibatches, the union over ranks of minibatch k is
+    exactly the single-process minibatch k, and its loss is divided by the global count: W ranks give the
+    same update as 1 process, dropped groups or not. A rank whose slice is empty still runs a zero-weight
+    forward/backward on one row, so that every rank joins the same gradient all-reduces.
+    """
+    dist = dist or Dist()
+    device = next(unwrap(policy).parameters()).device
+    world = dist.world_size
+    loss_mask, active, minibatches, counts = _minibatches(batch, cfg, world)
+    t0 = _sync(device)
+    old_logp, ref_logp = _fixed_logprobs(policy, ref_model, batch, cfg, loss_mask, active)
+    t_logprobs = _sync(device) - t0
 
     # If the wrapper (DDP/FSDP) averages gradients over W ranks, scale by W to turn that into the global sum.
     grad_scale = world if (world > 1 and _averages_grads(policy)) else 1.0
-    amp = autocast(device, cfg.precision)
     sums = torch.zeros(8, dtype=torch.float64)      # loss, kl, clip_low, clip_high, ratio, entropy, tokens, steps
     rmin, rmax, gnorms = float("inf"), float("-inf"), []
     t0 = _sync(device)
@@ -476,51 +533,21 @@ def grpo_update(policy, ref_model, optimizer, batch: Rollout, cfg: GRPOConfig, d
         for k, rows in enumerate(minibatches):
             if counts[k] == 0:                    # nothing to learn from on any rank: no step at all
                 continue
-            dummy = len(rows) == 0                # nothing here, but the other ranks will all-reduce gradients:
-            if dummy:                             # join them with a zero-loss row, in eval mode so that the
-                rows = torch.zeros(1, dtype=torch.long)   # MoE load counters (update_bias) do not see it
-                core.eval()
-            optimizer.zero_grad(set_to_none=True)
-            micro = rows.split(cfg.micro_batch_size) if cfg.micro_batch_size else [rows]
-            for j, r in enumerate(micro):
-                no_sync = j < len(micro) - 1 and hasattr(policy, "no_sync")
-                end = int(_row_ends(batch.completion_mask[r]).max())
-                tok = batch.tokens[r, :end].to(device)
-                m = (loss_mask[r, :end - 1] & (not dummy)).to(device)
-                with policy.no_sync() if no_sync else nullcontext(), amp:
-                    logp, ent = sequence_logprobs(policy, tok, batch.completion_mask[r, :end].to(device),
-                                                  cfg.temperature, with_entropy=True)
-                    old = logp.detach() if old_logp is None else old_logp[r, :end - 1].to(device)
-                    ref = None if ref_logp is None else ref_logp[r, :end - 1].to(device)
-                    loss, st = grpo_loss(logp, old, ref, batch.advantages[r].to(device), m, cfg, entropy=ent,
-                                         denom=counts[k])
-                    (loss * grad_scale).backward()
-                n = st["n_tokens"]
-                sums += torch.tensor([float(loss.detach()), st["kl"] * n, st["clip_low"] * n,
-                                      st["clip_high"] * n, st["ratio_mean"] * n,
-                                      (st["entropy"] if n else 0.0) * n, n, 0], dtype=torch.float64)
-                if n:
-                    rmin, rmax = min(rmin, st["ratio_min"]), max(rmax, st["ratio_max"])
-            core.train()
-            if world > 1 and grad_scale == 1.0:   # no wrapper: sum the ranks' gradients ourselves
-                for p in core.parameters():
-                    if p.grad is not None:
-                        tdist.all_reduce(p.grad)
-            if cfg.grad_clip > 0:
-                gnorms.append(float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            core.update_bias()                    # V3 aux-loss-free balancing: once after each optimizer step
+            s, lo, hi, gnorm = _minibatch_step(policy, optimizer, batch, rows, loss_mask, old_logp, ref_logp,
+                                               counts[k], cfg, grad_scale, world)
+            sums += s
             sums[7] += 1
-    timings["time_update"] = _sync(device) - t0
+            rmin, rmax = min(rmin, lo), max(rmax, hi)
+            if gnorm is not None:
+                gnorms.append(gnorm)
+    t_update = _sync(device) - t0
 
     mm = torch.tensor([-rmin, rmax], dtype=torch.float64)
-    times = torch.tensor([timings["time_logprobs"], timings["time_update"]], dtype=torch.float64)
+    times = torch.tensor([t_logprobs, t_update], dtype=torch.float64)
     if world > 1:
         tdist.all_reduce(sums)
         tdist.all_reduce(times)
         tdist.all_reduce(mm, op=tdist.ReduceOp.MAX)
-    timings = {"time_logprobs": times[0].item() / world, "time_update": times[1].item() / world}
     n_tok = max(sums[6].item(), 1.0)
     n_steps = int(sums[7].item()) // world
     return {"loss": sums[0].item() / max(n_steps, 1), "kl": sums[1].item() / n_tok,
@@ -528,7 +555,8 @@ def grpo_update(policy, ref_model, optimizer, batch: Rollout, cfg: GRPOConfig, d
             "ratio_mean": sums[4].item() / n_tok, "ratio_min": -mm[0].item() if sums[6] else float("nan"),
             "ratio_max": mm[1].item() if sums[6] else float("nan"), "entropy": sums[5].item() / n_tok,
             "grad_norm": sum(gnorms) / len(gnorms) if gnorms else float("nan"), "opt_steps": n_steps,
-            "train_tokens": int(sums[6].item()) // cfg.mu, **timings}
+            "train_tokens": int(sums[6].item()) // cfg.mu,
+            "time_logprobs": times[0].item() / world, "time_update": times[1].item() / world}
 
 
 # ----------------------------------------------------------------------------------------------- 8. loop
@@ -610,3 +638,60 @@ def grpo_step(policy, ref_model, optimizer, tasks, reward_fn, tokenizer, cfg: GR
     out["tokens_per_s"] = (prompt_tok + length) / max(out["step_time"], 1e-9)     # every token of every row
     out["gen_tokens_per_s"] = length / max(out["time_generate"], 1e-9)
     return (out, batch) if return_rollout else out
+
+
+# ---------------------------------------------------------------------------------------------- 9. train
+def train(policy, ref_model, optimizer, tasks, reward_fn, tokenizer, cfg: GRPOConfig, out_dir: str, dist: Dist, *,
+          steps: int, eval_every: int, evaluate, prompt_fn=data.r1zero_prompt, resume: bool = False,
+          ckpt_every: int = 10, count_words=(), extra_ckpt: dict | None = None) -> dict:
+    """The RL loop of every GRPO stage (sft.train's counterpart): `steps` grpo_steps, held-out evaluation every
+    eval_every steps and at the end, out_dir/metrics.jsonl (one row per step) and samples.jsonl, and a resumable
+    out_dir/ckpt.pt (model, optimizer, reference, RNG) every ckpt_every steps. tasks: the task dicts, or a
+    function step -> task dicts (all_rl adds general prompts late in the stage); each step draws
+    prompts_per_rollout of them with an RNG seeded by the step alone, so a resumed run draws what the killed
+    one would have. evaluate(policy) -> (results: set -> metrics, samples). Returns the final evaluation."""
+    os.makedirs(out_dir, exist_ok=True)
+    name, ckpt_path, start = os.path.basename(out_dir), os.path.join(out_dir, "ckpt.pt"), 0
+    if resume and os.path.exists(ckpt_path):
+        ck = load_resumable(ckpt_path, policy, optimizer)
+        if ref_model is not None:
+            ref_model.load_state_dict(ck["ref"])
+        start = ck["step"]
+        print0(f"resumed {name} from {ckpt_path} at step {start}")
+    elif dist.is_main:
+        for f in ("metrics.jsonl", "samples.jsonl"):
+            if os.path.exists(os.path.join(out_dir, f)):
+                os.remove(os.path.join(out_dir, f))
+    logger = MetricsLogger(os.path.join(out_dir, "metrics.jsonl"))
+    n_rollout = cfg.prompts_per_rollout
+    if n_rollout % dist.world_size:
+        raise SystemExit(f"error: prompts_per_step x n_minibatches = {n_rollout} must be divisible by the "
+                         f"{dist.world_size} ranks (each rank samples whole groups)")
+
+    def evaluate_at(step):
+        res, samples = evaluate(policy)
+        logger.log(step=step, **{f"eval_{s}_{k}": v for s, m in res.items() for k, v in m.items() if k != "n"})
+        if dist.is_main:
+            with open(os.path.join(out_dir, "samples.jsonl"), "a") as f:
+                for smp in samples:
+                    f.write(json.dumps({"step": step, **smp}, ensure_ascii=False) + "\n")
+        print0(f"[{name} step {step}] " + "  ".join(f"{s}: pass@1 {m['pass@1']:.3f} format {m['format']:.2f} "
+                                                     f"len {m['length']:.0f}" for s, m in res.items()))
+        return res
+
+    bar = tqdm(range(start, steps), desc=name, disable=not dist.is_main, initial=start, total=steps)
+    for step in bar:
+        if step % eval_every == 0:
+            evaluate_at(step)
+        rng = random.Random(cfg.seed * 1_000_003 + step)         # the step's questions depend on the step only
+        pool = tasks(step) if callable(tasks) else tasks
+        batch = rng.sample(pool, n_rollout) if len(pool) >= n_rollout else rng.choices(pool, k=n_rollout)
+        m = grpo_step(policy, ref_model, optimizer, batch[dist.rank::dist.world_size], reward_fn, tokenizer, cfg,
+                      step, dist, prompt_fn=prompt_fn, count_words=count_words)
+        logger.log(step=step, **m)
+        bar.set_postfix(reward=f"{m['reward']:.2f}", acc=f"{m.get('accuracy', 0):.2f}",
+                        len=f"{m['response_length']:.0f}", tok_s=f"{m['tokens_per_s']:.0f}")
+        if (step + 1) % ckpt_every == 0 or step == steps - 1:
+            save_model(ckpt_path, policy, dist, step=step + 1, optimizer=optimizer,
+                       ref=ref_model.state_dict() if ref_model is not None else None, **(extra_ckpt or {}))
+    return evaluate_at(steps)

@@ -553,6 +553,9 @@ def token_logprobs(logits, targets, with_entropy: bool = False):
 #      loss = pg + beta * kl
 #    All three depend on the logits only through logp, so dloss/dlogits = (dloss/dlogp) * (onehot - p): the
 #    fused forward stores dloss/dlogp per token and the backward is op 4's backward with that coefficient.
+#    grpo.py computes the same term with op 4 + grpo.grpo_loss (which also offers k1/k2/k3+, the aggregations and
+#    the entropy log); this fused op is R1's default written as one kernel, a stand-alone exercise that
+#    tests/test_kernels.py pins to grpo.grpo_loss (test_grpo_token_loss_equals_grpo_loss).
 def _grpo_formula(logp, old_logp, ref_logp, adv, eps_low, eps_high, beta):
     rho = torch.exp(logp - old_logp)                                                  # R1 eq. 1
     pg = -torch.min(rho * adv, torch.clamp(rho, 1 - eps_low, 1 + eps_high) * adv)

@@ -1,6 +1,6 @@
 """The DeepSeek-V3 architecture (V3 §2): MLA attention, DeepSeekMoE with auxiliary-loss-free balancing, and MTP.
 
-Read it beside the V3 paper (arXiv 2412.19437) and shared/PAPER.md; equation numbers are the paper's:
+Read it beside the V3 paper (arXiv 2412.19437) and docs/PAPER.md; equation numbers are the paper's:
   MLA            V3 eq. 1-11    class MLA      (naive path for training, absorbed path + latent cache for decoding)
   DeepSeekMoE    V3 eq. 12-16   class Gate, class MoE
   balancing      V3 eq. 17-20   Gate.update_bias (aux-loss-free bias), balance_loss (sequence-wise loss)

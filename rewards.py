@@ -36,6 +36,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
+import numpy as np
+
 from sandbox import run_code, sandbox_features
 
 # Tags of the R1-Zero template (R1 Table 1) and the cold-start separator (our "|special_token|", data.py's "<|sep|>").
@@ -343,7 +345,6 @@ def countdown_value(expr, nums):
     Accepted: integers, + - * /, parentheses, spaces (×, ÷ and − are read as *, / and -). Any other character
     (names, calls, attributes, %, ".", "," ...) is rejected before parsing; "**" and "//" pass the character check
     but Pow and FloorDiv are not in the AST whitelist. The string is never eval'd, only walked."""
-    import ast
     s = unicodedata.normalize("NFKC", expr).translate(_UNICODE_SIGNS).strip()
     if not s or len(s) > MAX_EXPR_CHARS or not _EXPR_CHARS_RE.fullmatch(s):
         return None
@@ -465,7 +466,7 @@ _warned = set()
 
 
 def accuracy_reward(prompts, completions, task=None, **columns):
-    """R1 §2.2.2 accuracy reward, by task: arith/math -> math_reward, countdown -> countdown_reward,
+    """R1 §2.2.2 accuracy reward (Reward_acc: rule-based, no neural reward on reasoning), by task: arith/math -> math_reward, countdown -> countdown_reward,
     code -> code_reward (one batched sandbox call), general -> general_reward. No task column -> math.
     An unknown task scores 0.0 (with one warning per name)."""
     n = len(completions)
@@ -528,7 +529,8 @@ def _cold_start_format_ok(text):
 
 
 def format_reward(prompts, completions, style="r1zero", **columns):
-    """1.0 if the completion has the required layout, else 0.0. style: "r1zero" (R1 Table 1) | "cold_start"."""
+    """R1 §2.2.2 format reward: 1.0 if the completion has the required layout, else 0.0. style: "r1zero"
+    (<think> R </think> <answer> A </answer>, R1 Table 1) | "cold_start" (<|sep|>R<|sep|>summary, R1 §2.3.1)."""
     check = {"r1zero": _r1zero_format_ok, "cold_start": _cold_start_format_ok}.get(style)
     if check is None:
         raise ValueError(f"format_reward: unknown style {style!r} (r1zero | cold_start)")
@@ -582,7 +584,7 @@ def language_consistency(text, lang, no_words=0.0):
     total = sum(counts.values())
     if lang not in ("en", "zh"):
         raise ValueError(f"unknown language {lang!r} (en | zh)")
-    return counts[lang] / total if total else float(no_words)
+    return counts[lang] / total if total else float(no_words)   # R1 §2.3.2 (Nature eq. 7-10): Reward_language
 
 
 def language_reward(prompts, completions, lang=None, **columns):
@@ -608,56 +610,25 @@ def response_summary(text):
     return s.strip() or None
 
 
-class RewardModelReward:
-    """Wraps a learned scorer as a reward function. score_fn(prompts: list[str], texts: list[str]) -> sequence of
-    floats (a list or a 1-D tensor). on="answer": the RM sees only the final summary (R1 helpfulness RM);
-    on="full": the whole response including the reasoning (R1 safety RM). Responses with no summary get
-    `missing` and are not sent to the scorer. Texts are cut to their last max_chars characters."""
-
-    def __init__(self, score_fn, on="answer", name=None, missing=0.0, max_chars=8000):
-        if on not in ("answer", "full"):
-            raise ValueError(f"RewardModelReward: on must be 'answer' or 'full', got {on!r}")
-        self.score_fn, self.on, self.missing, self.max_chars = score_fn, on, float(missing), max_chars
-        self.__name__ = name or f"rm_{on}"
-
-    def select(self, completion):
-        text = _strip_end_tokens(_text(completion)) if self.on == "full" else response_summary(completion)
-        return text[-self.max_chars:] if text else None
-
-    def __call__(self, prompts, completions, **columns):
-        n = len(completions)
-        prompts = [_text(p) for p in _column(prompts, n, "prompts", "")]
-        texts = [self.select(c) for c in completions]
-        idx = [i for i, t in enumerate(texts) if t is not None]
-        out = [self.missing] * n
-        if idx:
-            scores = self.score_fn([prompts[i] for i in idx], [texts[i] for i in idx])
-            scores = scores.tolist() if hasattr(scores, "tolist") else list(scores)
-            if len(scores) != len(idx):
-                raise ValueError(f"{self.__name__}: score_fn returned {len(scores)} scores for {len(idx)} texts")
-            for i, s in zip(idx, scores):
-                s = float(s)
-                out[i] = s if math.isfinite(s) else self.missing
-        return out
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Weighted combination
 
 class combine:
-    """combine([(f, w), ...]) -> a reward function returning sum_k w_k * f_k (R1: Reward_rule = Reward_acc +
-    Reward_format; later + Reward_language, + reward models). .components(...) -> {name: list} for logging, plus
-    "reward" (the weighted sum). Names are the functions' __name__ (duplicates get _2, _3, ...)."""
+    """R1's reward is a plain weighted sum of its parts (R1 §2.2.2: Reward_rule = Reward_acc + Reward_format; later
+    + Reward_language, + the reward models, Nature eq. 7-10). combine({name: (f, w), ...}) -> a reward function
+    returning sum_k w_k * f_k; .components(...) -> {name: values} plus "reward", the weighted sum. A list
+    [(f, w), ...] names each part by its function's __name__ (duplicates get _2, _3, ...). The sum is taken in
+    float32, the dtype of the trainer's reward tensors (grpo.score)."""
 
     def __init__(self, terms):
-        terms = list(terms)
-        if not terms:
+        items = list(terms.items()) if isinstance(terms, dict) else [(None, fw) for fw in terms]
+        if not items:
             raise ValueError("combine: no reward terms")
         self.terms, names = [], []
-        for f, w in terms:
+        for name, (f, w) in items:
             if not callable(f):
                 raise ValueError(f"combine: {f!r} is not callable")
-            base = getattr(f, "__name__", type(f).__name__)
+            base = name or getattr(f, "__name__", type(f).__name__)
             name, k = base, 2
             while name in names:
                 name, k = f"{base}_{k}", k + 1
@@ -668,12 +639,14 @@ class combine:
     def components(self, prompts, completions, **columns):
         n = len(completions)
         out = {}
-        for name, f, _ in self.terms:
+        total = np.zeros(n, dtype=np.float32)
+        for name, f, w in self.terms:
             values = [float(v) for v in f(prompts, completions, **columns)]
             if len(values) != n:
                 raise ValueError(f"combine: {name} returned {len(values)} rewards for {n} completions")
             out[name] = values
-        out["reward"] = [sum(w * out[name][i] for name, _, w in self.terms) for i in range(n)]
+            total += np.float32(w) * np.asarray(values, dtype=np.float32)
+        out["reward"] = total.tolist()
         return out
 
     def __call__(self, prompts, completions, **columns):

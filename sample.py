@@ -20,7 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
+import data
 import kernels
+import tokenizer
+from common import build_model_from_checkpoint
 
 
 @dataclass
@@ -82,6 +85,7 @@ def truncate(logits, top_k: int = 0, top_p: float = 1.0):
 
 def sample_next(logits, temperature: float, top_p: float, top_k: int, generator=None):
     """logits (B, V) fp32 -> token (B,) long and its logprob (B,) fp32 under softmax(logits / temperature).
+    (R1 §3 evaluates at temperature 0.6, top-p 0.95; R1's GRPO rollouts sample at temperature 1.0.)
 
     The logprob ignores the top-k / top-p truncation: GRPO's ratio pi_theta / pi_old compares it with the
     policy's plain softmax, recomputed by a teacher-forced forward pass. temperature 0 = greedy, and the
@@ -214,13 +218,10 @@ def main(argv=None) -> int:
     if not os.path.isfile(a.ckpt):
         return _fail(f"no checkpoint at {a.ckpt}")
     try:
-        from common import build_model_from_checkpoint
         model, ckpt = build_model_from_checkpoint(a.ckpt, device=a.device)
     except Exception as e:   # missing keys, truncated file, wrong shapes: one line, no traceback
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         return _fail(f"cannot load checkpoint {a.ckpt}: {first}")
-    import data
-    import tokenizer
     tok = tokenizer.get_tokenizer(ckpt.get("tokenizer") or "toy")
     text = data.r1zero_prompt(a.prompt) if a.template == "r1zero" else a.prompt
     ids = tok.encode(text)

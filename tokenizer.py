@@ -8,9 +8,11 @@ nothing is downloaded at run time; tiktoken loads it and does the encoding. Any 
 """
 import base64
 import functools
+import heapq
 import os
 from collections import Counter, defaultdict
 
+import regex
 import tiktoken
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -107,9 +109,6 @@ def train_bpe(texts, vocab_size: int, pat_str: str = PAT_STR, n_special: int = l
     ranks, lower than any learned merge, so tiktoken always assembles them first; then the learned merges, most
     frequent pair first, ties broken by the pair's bytes (deterministic). Special tokens are cut out of the
     text before counting."""
-    import heapq
-
-    import regex
     pat = regex.compile(pat_str)
     cut = regex.compile("|".join(regex.escape(s) for s in SPECIAL_TOKENS))
     counts = Counter()

@@ -414,91 +414,110 @@ CODE_TEMPLATES = {   # name -> (difficulty, argument)
 CODE_LEVELS = (1, 2)
 
 
+def _spec(key, entry, en, zh, expr, wrong, plan_en, plan_zh) -> dict:
+    return dict(key=key, entry=entry, en=en, zh=zh, expr=expr, wrong=wrong, plan_en=plan_en, plan_zh=plan_zh)
+
+
 def code_spec(name: str, rng) -> dict:
-    def spec(key, entry, en, zh, expr, wrong, plan_en, plan_zh):
-        return dict(key=key, entry=entry, en=en, zh=zh, expr=expr, wrong=wrong, plan_en=plan_en, plan_zh=plan_zh)
+    """Template `name` with its constants drawn -> {key, entry, en, zh, expr, wrong, plan_en, plan_zh}."""
+    for make in (_number_spec, _string_spec, _list_or_int_spec):
+        s = make(name, rng)
+        if s is not None:
+            return s
+    raise ValueError(f"unknown code template {name!r}")
+
+
+def _number_spec(name: str, rng):
     if name == "affine":
         a, b, sign = rand_int(rng, 2, 12), rand_int(rng, 0, 20), rand_choice(rng, "+-")
         e = f"x*{a}{sign}{b}"
-        return spec(f"{a}{sign}{b}", rand_choice(rng, "fgh"), f"returns {e}", f"返回 {e}", e, f"x*{b}{sign}{a}",
+        return _spec(f"{a}{sign}{b}", rand_choice(rng, "fgh"), f"returns {e}", f"返回 {e}", e, f"x*{b}{sign}{a}",
                     f"multiply x by {a}, then {'add' if sign == '+' else 'subtract'} {b}.",
                     f"x 乘 {a}, 再{'加' if sign == '+' else '减'} {b}.")
     if name == "clamp":
         k = rand_int(rng, 0, 20)
-        return spec(k, f"at_most_{k}", f"returns the smaller of x and {k}", f"返回 x 和 {k} 里小的那个",
+        return _spec(k, f"at_most_{k}", f"returns the smaller of x and {k}", f"返回 x 和 {k} 里小的那个",
                     f"min(x, {k})", f"max(x, {k})", "use min.", "用 min.")
     if name == "square_plus":
         a = rand_int(rng, 1, 20)
-        return spec(a, rand_choice(rng, "fgh"), f"returns x*x+{a}", f"返回 x*x+{a}", f"x*x+{a}", f"x*2+{a}",
+        return _spec(a, rand_choice(rng, "fgh"), f"returns x*x+{a}", f"返回 x*x+{a}", f"x*x+{a}", f"x*2+{a}",
                     f"square x, then add {a}.", f"x 乘 x, 再加 {a}.")
     if name == "mod":
         k = rand_int(rng, 2, 12)
-        return spec(k, f"mod_{k}", f"returns the remainder of x divided by {k}", f"返回 x % {k}", f"x % {k}",
+        return _spec(k, f"mod_{k}", f"returns the remainder of x divided by {k}", f"返回 x % {k}", f"x % {k}",
                     f"x // {k}", f"use x % {k}.", f"用 x % {k}.")
+    return None
+
+
+def _string_spec(name: str, rng):
     if name == "reverse":
-        return spec(None, rand_choice(rng, ("reverse", "rev", "flip", "backwards", "mirror")),
+        return _spec(None, rand_choice(rng, ("reverse", "rev", "flip", "backwards", "mirror")),
                     "returns the string s reversed", "返回倒过来的 s", "s[::-1]", "s[1:]", "slice with step -1.",
                     "用 s[::-1].")
     if name == "first_k":
         k = rand_int(rng, 1, 5)
-        return spec(k, f"first_{k}", f"returns the first {k} characters of the string s", f"返回 s 的前 {k} 个字母",
+        return _spec(k, f"first_{k}", f"returns the first {k} characters of the string s", f"返回 s 的前 {k} 个字母",
                     f"s[:{k}]", f"s[{k}:]", f"slice s[:{k}].", f"用 s[:{k}].")
     if name == "last_k":
         k = rand_int(rng, 1, 5)
-        return spec(k, f"last_{k}", f"returns the last {k} characters of the string s", f"返回 s 的后 {k} 个字母",
+        return _spec(k, f"last_{k}", f"returns the last {k} characters of the string s", f"返回 s 的后 {k} 个字母",
                     f"s[-{k}:]", f"s[:-{k}]", f"slice s[-{k}:].", f"用 s[-{k}:].")
     if name == "repeat":
         k = rand_int(rng, 2, 6)
-        return spec(k, f"repeat_{k}", f"returns the string s repeated {k} times", f"返回 s 写 {k} 次",
+        return _spec(k, f"repeat_{k}", f"returns the string s repeated {k} times", f"返回 s 写 {k} 次",
                     f"s*{k}", f"s*{k + 1}", f"multiply the string by {k}.", f"用 s*{k}.")
     if name == "has_char":
         c = rand_choice(rng, LETTERS)
-        return spec(c, f"has_{c}", f"returns True if the string s contains '{c}'", f"s 里有 '{c}' 就返回 True",
+        return _spec(c, f"has_{c}", f"returns True if the string s contains '{c}'", f"s 里有 '{c}' 就返回 True",
                     f"'{c}' in s", f"s.startswith('{c}')", "use the in operator.", "用 in.")
     if name == "count_char":
         c = rand_choice(rng, LETTERS)
-        return spec(c, f"count_{c}", f"returns how many times '{c}' appears in the string s",
+        return _spec(c, f"count_{c}", f"returns how many times '{c}' appears in the string s",
                     f"返回 s 里有几个 '{c}'", f"s.count('{c}')", "len(s)", f"use s.count('{c}').",
                     f"用 s.count('{c}').")
+    return None
+
+
+def _list_or_int_spec(name: str, rng):
     if name == "max":
-        return spec(None, rand_choice(rng, ("biggest", "largest", "max_of", "top", "maximum")),
+        return _spec(None, rand_choice(rng, ("biggest", "largest", "max_of", "top", "maximum")),
                     "returns the largest number in the list xs", "返回 xs 里最大的数", "max(xs)", "xs[-1]",
                     "use max.", "用 max.")
     if name == "min":
-        return spec(None, rand_choice(rng, ("smallest", "min_of", "lowest", "minimum")),
+        return _spec(None, rand_choice(rng, ("smallest", "min_of", "lowest", "minimum")),
                     "returns the smallest number in the list xs", "返回 xs 里最小的数", "min(xs)", "xs[0]",
                     "use min.", "用 min.")
     if name == "sum":
-        return spec(None, rand_choice(rng, ("total", "sum_all", "add_up", "list_sum")),
+        return _spec(None, rand_choice(rng, ("total", "sum_all", "add_up", "list_sum")),
                     "returns the sum of the numbers in the list xs", "返回 xs 里的数的和", "sum(xs)", "len(xs)",
                     "use sum.", "用 sum.")
     if name == "scale":
         k = rand_int(rng, 2, 12)
-        return spec(k, f"times_{k}", f"returns the list xs with every number multiplied by {k}",
+        return _spec(k, f"times_{k}", f"returns the list xs with every number multiplied by {k}",
                     f"返回 xs 里每个数乘 {k}", f"[x*{k} for x in xs]", f"[x+{k} for x in xs]",
                     f"a list comprehension with x*{k}.", f"每个 x 乘 {k}.")
     if name == "shift":
         k = rand_int(rng, 1, 20)
-        return spec(k, f"plus_{k}", f"returns the list xs with {k} added to every number",
+        return _spec(k, f"plus_{k}", f"returns the list xs with {k} added to every number",
                     f"返回 xs 里每个数加 {k}", f"[x+{k} for x in xs]", f"[x*{k} for x in xs]",
                     f"a list comprehension with x+{k}.", f"每个 x 加 {k}.")
     if name == "count_over":
         k = rand_int(rng, 0, 20)
-        return spec(k, f"count_over_{k}", f"returns how many numbers in the list xs are greater than {k}",
+        return _spec(k, f"count_over_{k}", f"returns how many numbers in the list xs are greater than {k}",
                     f"返回 xs 里有几个数大于 {k}", f"len([x for x in xs if x > {k}])",
                     f"len([x for x in xs if x >= {k}])", f"count the x with x > {k}.", f"数一数有几个 x > {k}.")
     if name == "divisible":
         k = rand_int(rng, 2, 12)
-        return spec(k, "is_even" if k == 2 else f"div_by_{k}",
+        return _spec(k, "is_even" if k == 2 else f"div_by_{k}",
                     "returns True if n is even" if k == 2 else f"returns True if n is divisible by {k}",
                     f"n 是 {k} 的倍数就返回 True", f"n % {k} == 0", f"n % {k} == 1", f"n % {k} == 0 means divisible.",
                     f"n % {k} 要是 0.")
     if name == "digit_sum":
-        return spec(None, rand_choice(rng, ("digit_sum", "sum_digits", "dsum", "digits_total")),
+        return _spec(None, rand_choice(rng, ("digit_sum", "sum_digits", "dsum", "digits_total")),
                     "returns the sum of the digits of the positive integer n", "返回 n 的每一位数字的和",
                     "sum(int(d) for d in str(n))", "len(str(n))", "turn n into a string and add up its digits.",
                     "把每一位数字加起来.")
-    raise ValueError(f"unknown code template {name!r}")
+    return None
 
 
 def _code_input(arg: str, rng):

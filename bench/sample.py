@@ -1,4 +1,4 @@
-"""Sampler benchmark: what the latent KV cache buys (issue 2's performance table).
+"""Sampler benchmark: what the latent KV cache buys (decode tokens/s, cache vs recomputation, KV bytes per token).
 
     python bench/sample.py                       # toy config, random weights, 256 new tokens, 1 thread
     python bench/sample.py --new-tokens 64 --batches 1 16    # quicker

@@ -27,3 +27,23 @@ finally:
         del os.environ["TRITON_INTERPRET"]
     else:
         os.environ["TRITON_INTERPRET"] = _prev
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One thread: on a busy 2-core machine two threads per op are many times slower for tiny shapes. A module
+    opts in with pytestmark = pytest.mark.usefixtures("one_thread")."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The shipped toy tokenizer."""
+    import tokenizer
+    return tokenizer.get_tokenizer("toy")

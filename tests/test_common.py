@@ -9,8 +9,6 @@ import os
 import random
 import subprocess
 import sys
-import types
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import pytest
@@ -20,7 +18,8 @@ import torch.nn as nn
 
 from common import (CheckpointError, Dist, MetricsLogger, all_reduce_mean, autocast, build_model_from_checkpoint,
                     cpu_has_bf16, get_peak_flops, get_rng_state, load_checkpoint, plot_metrics, print0, read_metrics,
-                    save_checkpoint, set_rng_state, set_seed, setup_distributed, unwrap, uses_bf16, wrap_model)
+                    save_checkpoint, save_model, set_rng_state, set_seed, setup_distributed, unwrap, uses_bf16,
+                    wrap_model)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -175,27 +174,21 @@ def test_plot_metrics_writes_png_and_skips_missing_keys(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------- misc
-def test_build_model_from_checkpoint_with_stand_in_model_module(tmp_path, monkeypatch):
-    """Against the model.py contract (ModelArgs(**model_args), Transformer(args)), with a stand-in module."""
-    @dataclass
-    class ModelArgs:
-        dim: int = 4
-        vocab_size: int = 7
-
-    class Transformer(nn.Module):
-        def __init__(self, args):
-            super().__init__()
-            self.args = args
-            self.embed = nn.Embedding(args.vocab_size, args.dim)
-
-    monkeypatch.setitem(sys.modules, "model", types.SimpleNamespace(ModelArgs=ModelArgs, Transformer=Transformer))
-    src = Transformer(ModelArgs(dim=5, vocab_size=9))
+def test_build_model_from_checkpoint_round_trip_and_wrapper_prefixes(tmp_path):
+    """save_model's checkpoint loads back into the same model, in eval mode; a state dict taken from a DDP
+    wrapper ("module." prefixes) loads too; a file without the model entries is named."""
+    from model import ModelArgs, Transformer
+    torch.manual_seed(0)
+    src = Transformer(ModelArgs(vocab_size=11, dim=16, inter_dim=32, moe_inter_dim=8, n_layers=1, n_dense_layers=1,
+                                n_heads=2, kv_lora_rank=8, qk_nope_head_dim=4, qk_rope_head_dim=4, v_head_dim=4,
+                                max_seq_len=16))
     path = str(tmp_path / "model.pt")
-    save_checkpoint(path, {"model": src.state_dict(), "model_args": asdict(src.args), "config": {}, "step": 7,
-                           "optimizer": None, "rng": {}, "tokenizer": "toy"})
+    save_model(path, src, Dist(), step=7, tokenizer="toy")
     model, ck = build_model_from_checkpoint(path)
-    assert ck["step"] == 7 and model.args == src.args and not model.training
-    assert torch.equal(model.embed.weight, src.embed.weight)
+    assert ck["step"] == 7 and ck["tokenizer"] == "toy" and model.args == src.args and not model.training
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), src.state_dict().values()))
+    save_checkpoint(path, {**ck, "model": {f"module.{k}": v for k, v in ck["model"].items()}})
+    assert torch.equal(build_model_from_checkpoint(path)[0].head.weight, src.head.weight)
     save_checkpoint(path, {"step": 1})
     with pytest.raises(CheckpointError, match="no 'model' entry"):
         build_model_from_checkpoint(path)

@@ -8,12 +8,12 @@ import time
 from collections import Counter
 
 import pytest
+from test_toyworld import _cd_eval
 
 import data
 import tokenizer
 import toychat
 import toyworld
-from test_toyworld import _cd_eval
 
 # R1 Table 1, restated here so the test does not depend on data.py's own copy (PAPER.md "The R1-Zero template").
 TABLE1 = ("A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The "
@@ -23,11 +23,6 @@ TABLE1 = ("A conversation between User and Assistant. The user asks a question, 
           "User: {prompt}. Assistant:")
 FULL_FORMAT = re.compile(r"^\s*<think>((?:(?!</?think>|</?answer>).)+)</think>\s*<answer>((?:(?!</?think>|"
                          r"</?answer>).)+)</answer>\s*$", re.S)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tokenizer.get_tokenizer("toy")
 
 
 @pytest.fixture(scope="module")

@@ -227,6 +227,21 @@ def test_grpo_k3_is_never_negative(path, monkeypatch):
     torch.testing.assert_close(kl.double(), torch.expm1(d) - d, atol=1e-9, rtol=1e-3)
 
 
+def test_grpo_token_loss_equals_grpo_loss():
+    """The fused op is grpo.py's per-token term for R1's default (k3): its token mean and its gradient equal
+    grpo.grpo_loss with the token-level (dapo) mean on the same tokens, so the two copies of R1 eq. 1-3 agree."""
+    import grpo
+    logits, targets, old, ref, adv = grpo_inputs(37, 101)
+    cfg = grpo.GRPOConfig(beta=0.04, eps_low=0.2, eps_high=0.28, loss_agg="dapo")
+    fused = kernels.grpo_token_loss(logits, targets, old, ref, adv, 0.2, 0.28, 0.04)[0].mean()
+    (g_fused,) = torch.autograd.grad(fused, logits)
+    logp = kernels.token_logprobs_ref(logits, targets)[None]
+    loss, _ = grpo.grpo_loss(logp, old[None], ref[None], adv[None], torch.ones(1, 37, dtype=torch.bool), cfg)
+    (g_loss,) = torch.autograd.grad(loss, logits)
+    torch.testing.assert_close(fused, loss, **ROW)
+    torch.testing.assert_close(g_fused, g_loss, **ROW)
+
+
 def test_grpo_token_loss_values():
     """The formula itself, on one token: rho = e^0.5 > 1 + eps_high with A > 0 -> the clipped term; k3 >= 0."""
     logits = torch.tensor([[0.0, 0.0]])                      # logp = log 1/2

@@ -12,9 +12,9 @@ import time
 import pytest
 
 import rewards as R
-from rewards import (RewardModelReward, accuracy_reward, code_reward, cold_start_format_reward, combine,
-                     countdown_correct, countdown_reward, extract_answer, extract_code, format_reward,
-                     general_reward, language_reward, math_equal, math_reward)
+from rewards import (accuracy_reward, code_reward, cold_start_format_reward, combine, countdown_correct,
+                     countdown_reward, extract_answer, extract_code, format_reward, general_reward, language_reward,
+                     math_equal, math_reward)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IS_ROOT = os.geteuid() == 0
@@ -247,26 +247,6 @@ def test_combine_weights_and_components():
         combine([])
     with pytest.raises(ValueError, match="column 'answer' has 2 values for 3"):
         math_reward(None, comps, answer=["1", "2"])
-
-
-def test_reward_model_wrapper():
-    seen = {}
-
-    def score_fn(prompts, texts):
-        seen["texts"] = texts
-        import torch
-        return torch.tensor([float(len(t)) for t in texts])
-
-    comps = ["<|sep|> long reasoning <|sep|> Short.", " <think> r </think> Final!<|endoftext|>", "direct",
-             "<|sep|>r<|sep|> "]
-    helpful = RewardModelReward(score_fn, on="answer", name="helpful", missing=-1.0)
-    assert helpful(["q"] * 4, comps) == [6.0, 6.0, 6.0, -1.0]
-    assert seen["texts"] == ["Short.", "Final!", "direct"]
-    safety = RewardModelReward(lambda p, t: [1.0 if "reasoning" in x else 0.0 for x in t], on="full")
-    assert safety(None, comps) == [1.0, 0.0, 0.0, 0.0]
-    assert combine([(helpful, 1.0), (safety, 1.0)]).components(None, comps)["helpful"][0] == 6.0
-    with pytest.raises(ValueError, match="on must be"):
-        RewardModelReward(score_fn, on="cot")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -13,11 +13,6 @@ import data
 import tokenizer
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return tokenizer.get_tokenizer("toy")
-
-
 
 @pytest.fixture(scope="module")
 def corpus():
