@@ -866,6 +866,10 @@ def attention(q, k, v, scale: float, causal: bool = True):
         raise ValueError(f"attention: causal needs at least as many keys ({k.shape[1]}) as queries ({q.shape[1]})")
     if use_triton(q) and q.numel() > 0 and v.numel() > 0:
         return _Attention.apply(q, k, v, float(scale), causal)
+    if q.shape[1] == k.shape[1] and q.numel() > 0:   # torch's fused attention: same math, no (T, S) score tensor
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal,
+                                           scale=scale)
+        return o.transpose(1, 2)                                                        # (B, T, H, Dv)
     return attention_ref(q, k, v, scale, causal)
 
 

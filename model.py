@@ -439,6 +439,12 @@ class KVCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.a + self.b)
 
+    def select(self, rows: torch.Tensor):
+        """Keep (and reorder, or repeat) the cache rows `rows`: a bool mask or indices into the current rows."""
+        self.a = [t[rows] for t in self.a]
+        self.b = [t[rows] for t in self.b]
+        self.batch_size = self.a[0].shape[0]
+
 
 class Transformer(nn.Module):
     """Embedding -> n_layers Blocks (the first n_dense_layers dense, the rest MoE) -> RMSNorm -> head.

@@ -83,31 +83,38 @@ def truncate(logits, top_k: int = 0, top_p: float = 1.0):
     return logits
 
 
-def sample_next(logits, temperature: float, top_p: float, top_k: int, generator=None):
+def sample_next(logits, temperature: float, top_p: float, top_k: int, generator=None, uniform=None):
     """logits (B, V) fp32 -> token (B,) long and its logprob (B,) fp32 under softmax(logits / temperature).
     (R1 §3 evaluates at temperature 0.6, top-p 0.95; R1's GRPO rollouts sample at temperature 1.0.)
 
     The logprob ignores the top-k / top-p truncation: GRPO's ratio pi_theta / pi_old compares it with the
     policy's plain softmax, recomputed by a teacher-forced forward pass. temperature 0 = greedy, and the
-    logprob is then the one at temperature 1.
+    logprob is then the one at temperature 1. uniform (B,): the random numbers of the draw (default: fresh from
+    generator); generate passes every row's own, so that a row's tokens do not depend on which rows run with it.
     """
     if temperature == 0:
         tok = logits.argmax(dim=-1)
         return tok, kernels.token_logprobs(logits, tok)
     scaled = logits / temperature
     probs = truncate(scaled, top_k, top_p).softmax(dim=-1)
-    tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if uniform is None:
+        uniform = torch.rand(len(probs), generator=generator, device=probs.device)
+    cdf = probs.cumsum(dim=-1)                               # inverse-CDF draw: token i iff cdf[i-1] <= u < cdf[i]
+    tok = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True).squeeze(-1).clamp_(max=len(cdf[0]) - 1)
     return tok, kernels.token_logprobs(scaled, tok)
 
 
 def generate(model, prompts, max_new_tokens, *, temperature=1.0, top_p=1.0, top_k=0, eos_id=None, pad_id=0,
-             seed=None, attn="absorbed", on_token=None) -> Generation:
+             seed=None, attn="absorbed", on_token=None, compact: bool = True) -> Generation:
     """Sample up to max_new_tokens after each prompt (lists of token ids, any lengths) with the KV cache.
 
     eos_id: an int or a list of ints that end a row (the EOS is kept, counted in lengths). seed: a private
     generator, so the same call returns the same tokens whatever the global RNG. attn: "absorbed" (latent
     cache, fast) or "naive" (per-head k, v cache; the reference). on_token(step, tokens (B,)) is called after
     each step (the CLI streams with it). The model is put in eval mode for the call and restored afterwards.
+    Speed without changing a token: identical prompts (a GRPO group) are prefilled once and their cache copied
+    (_prefill); with compact, rows that have ended leave the decode batch (once a quarter of it has ended), and
+    each row draws its own random numbers, so its tokens are the same whichever rows decode beside it.
     """
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
         raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {temperature}, {top_p}, {top_k}")
@@ -124,36 +131,56 @@ def generate(model, prompts, max_new_tokens, *, temperature=1.0, top_p=1.0, top_
     model.eval()                                                    # no load counting while sampling
     try:
         with torch.no_grad():
-            cache = model.new_cache(B, longest + N, mode=attn)
-            prompt, lens = _right_pad(prompts, longest, pad_id, device)    # (B, L), (B,)
-            positions = torch.arange(longest, device=device).expand(B, longest)
-            logits = model.decode(prompt, positions, cache)             # prefill: (B, L, vocab)
-            logits = logits[torch.arange(B, device=device), lens - 1]   # (B, vocab) at each row's last token
+            cache, logits, lens = _prefill(model, prompts, longest + N, attn, pad_id, device)
             pos = lens.clone()                                          # position of the token being sampled
-
             tokens = torch.full((B, N), pad_id, dtype=torch.long, device=device)
             logprobs = torch.zeros(B, N, dtype=torch.float32, device=device)
             lengths = torch.zeros(B, dtype=torch.long, device=device)
             finished = torch.zeros(B, dtype=torch.bool, device=device)
+            rows = torch.arange(B, device=device)                       # the rows still in the decode batch
             steps = N
             for step in range(N):
-                tok, lp = sample_next(logits, temperature, top_p, top_k, generator)
-                tok = tok.masked_fill(finished, pad_id)                 # rows already ended emit padding
-                tokens[:, step] = tok
-                logprobs[:, step] = lp.masked_fill(finished, 0.0)
-                lengths += (~finished).long()
+                u = torch.rand(B, generator=generator, device=device) if temperature > 0 else None
+                tok, lp = sample_next(logits, temperature, top_p, top_k, uniform=None if u is None else u[rows])
+                done = finished[rows]
+                tok = tok.masked_fill(done, pad_id)                    # rows already ended emit padding
+                tokens[rows, step] = tok
+                logprobs[rows, step] = lp.masked_fill(done, 0.0)
+                lengths[rows] += (~done).long()
                 if eos is not None:
-                    finished |= torch.isin(tok, eos)
+                    finished[rows] |= torch.isin(tok, eos)
                 if on_token is not None:
-                    on_token(step, tok)
+                    full = torch.full((B,), pad_id, dtype=torch.long, device=device)
+                    on_token(step, full.index_put_((rows,), tok))
                 if step == N - 1 or bool(finished.all()):              # the only sync per step: early stop
                     steps = step + 1
                     break
-                logits = model.decode(tok[:, None], pos[:, None], cache)[:, 0]   # (B, vocab)
+                keep = ~finished[rows]
+                if compact and 4 * int((~keep).sum()) >= len(rows):  # drop finished rows from the batch
+                    rows, tok, pos = rows[keep], tok[keep], pos[keep]
+                    cache.select(keep)
+                logits = model.decode(tok[:, None], pos[:, None], cache)[:, 0]   # (rows, vocab)
                 pos += 1
     finally:
         model.train(was_training)
     return Generation(tokens[:, :steps], logprobs[:, :steps], lengths, finished)
+
+
+def _prefill(model, prompts, max_len, attn, pad_id, device):
+    """Prefill the cache with each DISTINCT prompt once, then copy its rows to every duplicate (a GRPO group is one
+    prompt G times). -> (cache (B rows), logits (B, vocab) at each row's last prompt token, lengths (B,))."""
+    first = {}
+    inverse = torch.tensor([first.setdefault(tuple(p), len(first)) for p in prompts], device=device)
+    unique = [list(p) for p in first]
+    longest = max(len(p) for p in unique)
+    cache = model.new_cache(len(unique), max_len, mode=attn)
+    prompt, lens = _right_pad(unique, longest, pad_id, device)         # (U, L), (U,)
+    positions = torch.arange(longest, device=device).expand(len(unique), longest)
+    logits = model.decode(prompt, positions, cache)                    # prefill: (U, L, vocab)
+    logits = logits[torch.arange(len(unique), device=device), lens - 1]   # (U, vocab) at each row's last token
+    if len(unique) < len(prompts):
+        cache.select(inverse)
+    return cache, logits[inverse], lens[inverse]
 
 
 def generate_recompute(model, prompts, max_new_tokens, *, eos_id=None, pad_id=0) -> Generation:

@@ -87,6 +87,23 @@ def test_sampled_logprobs_equal_teacher_forced_logprobs(temperature, top_p, top_
     assert (gen.logprobs <= 0).all()
 
 
+def test_compaction_and_shared_prefill_change_no_token():
+    """Dropping ended rows from the decode batch, and prefilling a repeated prompt once (a GRPO group), are speed-ups
+    only: the same seed gives the same tokens and the same logprobs as the plain loop."""
+    m = tiny_model(seed=5)
+    prompts = [PROMPTS[0]] * 4 + [PROMPTS[1]] * 4 + PROMPTS[2:]
+    free = generate(m, prompts, 16, temperature=1.0, seed=7)
+    eos = torch.mode(free.tokens.flatten()).values.item()            # a frequent token: rows end at different steps
+    fast = generate(m, prompts, 16, temperature=1.0, seed=7, eos_id=eos, compact=True)
+    plain = generate(m, prompts, 16, temperature=1.0, seed=7, eos_id=eos, compact=False)
+    assert len(set(fast.lengths.tolist())) > 2                       # several rows left the batch early
+    assert torch.equal(fast.tokens, plain.tokens) and torch.equal(fast.lengths, plain.lengths)
+    torch.testing.assert_close(fast.logprobs, plain.logprobs, atol=1e-5, rtol=0)
+    greedy = generate(m, prompts, 10, temperature=0)                 # the shared prefill equals one prompt alone
+    for b, p in enumerate(prompts):
+        assert torch.equal(greedy.tokens[b], generate(m, [p], 10, temperature=0).tokens[0])
+
+
 def test_eos_stops_rows_and_pads_the_rest():
     m = tiny_model(seed=4)
     free = generate(m, PROMPTS, 12, temperature=0)
