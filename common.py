@@ -309,7 +309,8 @@ def plot_metrics(jsonl_path: str, keys: list[str], out_png: str, title: str | No
     for i, row in enumerate(read_metrics(jsonl_path)):
         by_step.setdefault(row.get("step", i), {}).update(row)   # rows of one step merge; the last value wins
     steps = sorted(by_step)
-    present = [k for k in keys if any(by_step[s].get(k) is not None for s in steps)]
+    # a key that never moves from 0 (e.g. the clip fractions of a run where the ratio stays 1) says nothing: no panel
+    present = [k for k in keys if any(by_step[s].get(k) not in (None, 0, 0.0) for s in steps)]
     if not present:
         warnings.warn(f"plot_metrics: none of {keys} in {jsonl_path}; no plot written")
         return []
@@ -318,12 +319,14 @@ def plot_metrics(jsonl_path: str, keys: list[str], out_png: str, title: str | No
     axes = fig.subplots(len(present), 1, sharex=True, squeeze=False)[:, 0]
     for ax, k in zip(axes, present):
         xs = [s for s in steps if by_step[s].get(k) is not None]
-        ax.plot(xs, [by_step[s][k] for s in xs], lw=1.2)
+        ys = [by_step[s][k] for s in xs]
+        ax.plot(xs, ys, lw=1.2, marker="o" if len(xs) < 20 else None)
         ax.set_ylabel(k)
+        if min(ys) >= 0:
+            ax.set_ylim(bottom=0)               # from 0: a small wiggle is drawn as small, not as a trend
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("step")
-    if title:
-        axes[0].set_title(title)
+    axes[0].set_title(title or os.path.splitext(os.path.basename(out_png))[0].replace("_", " "))
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
     fig.savefig(out_png, dpi=100)
@@ -360,6 +363,18 @@ def read_json(path: str):
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def release_memory():
+    """Give the memory a finished stage held back to the system: Python's garbage, then glibc's free heap pages
+    (without malloc_trim, the resident size of `--stage all` keeps the high-water mark of every stage before)."""
+    import ctypes
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):     # not glibc (macOS, musl): nothing to trim
+        pass
 
 
 def plot_stage(d: str, keys: list, name: str):

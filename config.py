@@ -29,14 +29,15 @@ _RL = _GRPO | {"steps", "eval_every", "tasks"}
 _FILTERS = {"ngram", "max_repeats", "max_paragraph_chars"}
 ANY = None   # a section whose keys are names chosen by the user (task kinds, student names)
 
+TOP_DEFAULTS = {"name": "", "tokenizer": "toy", "fsdp": False, "precision": "auto", "ckpt_every": 10, "runs_dir": "runs"}
+TOP_KEYS = set(TOP_DEFAULTS)                      # the top-level values (the other top-level keys are sections)
 # section path -> the keys it may hold; "*" stands for a user-chosen name (a student).
 SCHEMA = {
-    "": {"name", "tokenizer", "fsdp", "precision", "ckpt_every", "runs_dir", "difficulty", "model", "pretrain",
-         "eval", "grpo", "zero", "reward_models", "cold_start", "reasoning_rl", "rejection_sft", "all_rl",
-         "distill"},
+    "": TOP_KEYS | {"difficulty", "model", "pretrain", "eval", "grpo", "zero", "reward_models", "cold_start",
+                    "reasoning_rl", "rejection_sft", "all_rl", "distill"},
     "model": _MODEL,
     "pretrain": _SFT | {"n_docs"},
-    "eval": {"sets", "n_per_set", "k", "temperature", "top_p", "max_new_tokens", "seed"},
+    "eval": {"sets", "n_per_set", "n_during", "k", "temperature", "top_p", "max_new_tokens", "seed"},
     "grpo": _GRPO,
     "zero": _RL,
     "reasoning_rl": _RL,
@@ -139,6 +140,8 @@ def _split_pairs(args: list) -> list:
 
 def _default(section: str, name: str):
     """The value a key takes when its section does not set it (the dataclass default): the type to parse to."""
+    if section == "":
+        return TOP_DEFAULTS.get(name)
     if section == "model":
         return getattr(ModelArgs(), name, None)
     for cls, keys in ((GRPOConfig, _GRPO), (SFTConfig, _SFT)):
@@ -166,8 +169,8 @@ def apply_overrides(cfg: dict, stage: str, args: list) -> dict:
         else:
             name = key
             for section, where in ((stage, cfg.get(stage)), ("model", cfg.get("model")), ("", cfg)):
-                allowed = _schema_of(section)
-                if isinstance(where, dict) and (name in where or (section and allowed is not ANY and name in allowed)) \
+                allowed = _schema_of(section) if section else TOP_KEYS
+                if isinstance(where, dict) and (name in where or (allowed is not ANY and name in allowed)) \
                         and not isinstance(where.get(name), dict):
                     break
             else:

@@ -140,13 +140,13 @@ def eval_sets(n_per_set: int, seed: int = 1234, kinds=("arith", "countdown", "co
 
 # ============================================================================ completions and the corpus
 # How the base model answers under the R1-Zero template: full format (tagged_pad + tagged_direct) in 35%.
-STYLE_WEIGHTS = {"tagged_pad": 0.25, "tagged_direct": 0.10, "pad": 0.22, "direct": 0.18, "broken": 0.25}
+STYLE_WEIGHTS = {"tagged_pad": 0.20, "tagged_direct": 0.15, "pad": 0.20, "direct": 0.20, "broken": 0.25}
 BROKEN_WEIGHTS = {"answer_only": 0.3, "no_close_think": 0.2, "outside": 0.3, "no_close_answer": 0.2}
 P_READABLE = 0.4        # share of chat worked solutions in the cold-start layout <|sep|>steps, one a line<|sep|>summary
-REASONING_MIX = {"arith": 0.58, "countdown": 0.32, "code": 0.10}
-# Chat worked solutions are 19% of the documents: every stage after R1-Zero answers chat prompts, and with 9% the
-# toy base solved 0.06 of held-out sums in chat against 0.18 under the R1-Zero template (0.15 vs 0.30 at 19%).
-CORPUS_MIX = {"r1zero": 0.35, "textbook": 0.20, "drill": 0.10, "chat": 0.10, "chat_reason": 0.19, "safety": 0.06}
+REASONING_MIX = {"arith": 0.45, "countdown": 0.52, "code": 0.03}
+# Most documents are reasoning problems under the R1-Zero template (what R1-Zero starts from) or worked outside it;
+# chat answers to reasoning problems are a sixth (every stage after R1-Zero answers chat prompts).
+CORPUS_MIX = {"r1zero": 0.47, "textbook": 0.15, "drill": 0.14, "chat": 0.05, "chat_reason": 0.15, "safety": 0.04}
 GENERAL_QUALITY = {"good": 0.65, "wrong": 0.12, "ramble": 0.13, "rude": 0.10}
 
 
@@ -211,24 +211,35 @@ def _doc_textbook(rng, levels):
 
 
 def _doc_drill(rng, levels):
-    """Lists of solved facts: the one-digit facts every scratchpad step uses ("7+8=15", "14-5=9", "4*6=24",
-    "24+4=28" as in a multiplication column), and some small direct sums."""
+    """Lists of solved facts, the single steps every worked solution is made of: one-digit + and -, the times table
+    and its divisions (countdown moves, multiplication columns and their checks), two-digit plus or minus one-digit
+    (countdown steps toward a target, column checks such as "15-9-1=5"); and comparisons with a target, half of
+    them hits ("4*8=32, need 32, yes."): in a search most tries miss, and without these a small model learns to
+    answer "no" whatever it computed."""
     facts = []
     for _ in range(rand_int(rng, 6, 14)):
         r = rng.random()
-        if r < 0.1:
-            p, c = rand_int(rng, 1, 9) * rand_int(rng, 1, 9), rand_int(rng, 1, 8)
-            facts.append(f"{p}+{c}={p + c}")
-        elif r < 0.75:
+        if r < 0.15:
             x, y = rand_int(rng, 0, 9), rand_int(rng, 0, 9)
-            op = "+" if r < 0.3 else "*" if r < 0.55 else "-"
-            if op == "-":
-                x, y = rand_int(rng, 0, 19), rand_int(rng, 0, 9)
-                x = max(x, y)
-            facts.append(f"{x}{op}{y}={x + y if op == '+' else x * y if op == '*' else x - y}")
+            facts.append(f"{x}+{y}={x + y}")
+        elif r < 0.3:
+            x, y = rand_int(rng, 1, 9), rand_int(rng, 1, 9)
+            facts.append(f"{x}*{y}={x * y}")
+        elif r < 0.4:
+            x, y = rand_int(rng, 1, 9), rand_int(rng, 1, 9)
+            facts.append(f"{x * y}/{y}={x}")
+        elif r < 0.55:
+            x, y = rand_int(rng, 10, 89), rand_int(rng, 1, 9)
+            facts.append(f"{x}+{y}={x + y}")
+        elif r < 0.7:
+            x, y = rand_int(rng, 10, 99), rand_int(rng, 1, 9)
+            facts.append(f"{x}-{y}={x - y}")
         else:
-            t = _sample_task("arith", rng, "train", difficulty=1)
-            facts.append(f"{t['a']}{t['op']}{t['b']}={t['answer']}")
+            x, y = rand_int(rng, 1, 9), rand_int(rng, 1, 9)
+            op = rand_choice(rng, "+*")
+            v = x + y if op == "+" else x * y
+            t = v if rng.random() < 0.5 else max(2, v + rand_choice(rng, (-10, -2, -1, 1, 2, 10)))
+            facts.append(f"{x}{op}{y}={v}, need {t}, " + ("yes" if t == v else "no"))
     return ". ".join(facts) + ".", {"style": "drill", "task": "arith", "lang": "en"}
 
 
@@ -387,7 +398,7 @@ def corpus_stats(n_docs: int = 5000, seed: int = 0) -> dict:
     scratchpad quality, tokens per document."""
     docs, metas = pretrain_corpus(n_docs, seed, with_meta=True)
     r1 = [m for m in metas if m["kind"] == "r1zero"]
-    pads = [m for m in metas if m.get("quality") in ("clean", "verified", "wrong", "fixed")]
+    pads = [m for m in metas if m.get("quality") in ("clean", "repaired", "wrong")]
     stats = {"docs": n_docs, "kinds": dict(Counter(m["kind"] for m in metas)),
              "r1zero_styles": dict(Counter(m["style"] for m in r1)),
              "r1zero_full_format": sum(m["full_format"] for m in r1) / max(len(r1), 1),

@@ -1,6 +1,7 @@
 """Evaluation as R1 §3 does it: k samples per held-out question, pass@1, pass@k, cons@k, format and language.
 
     python train_pipeline.py --stage zero --config toy       # evaluates the base and every eval_every RL steps
+    python eval.py --probe runs/toy/pretrain/model.pt --config toy   # does thinking pay for this model? -> probe.json
 
 R1 §3's protocol: sample k outputs per question at temperature 0.6 and top-p 0.95 (no greedy decoding).
   pass@1  = the mean correctness over the k samples (averaged over questions)
@@ -80,58 +81,80 @@ def _consensus(acc: list, answers: list) -> float:
 def evaluate(model, tok, sets: dict, *, k: int, temperature: float, top_p: float, max_new_tokens: int,
              dist, batch_size: int = 64, prompt_fn=data.r1zero_prompt, n_samples: int = 4, style: str = "r1zero"):
     """R1 §3's protocol on held-out sets (see the module docstring). style: the layout the format rate checks
-    ("r1zero" | "cold_start"). Questions are split over ranks and the sums reduced.
-    Returns (metrics: set -> dict, samples: a few rollouts for samples.jsonl)."""
+    ("r1zero" | "cold_start"). Questions are split over ranks and their results gathered.
+    Returns (metrics: set -> dict (summarize), samples: a few rollouts for samples.jsonl, questions: one row per
+    question, in set order: {"set", "i", "canon", "prompt", "answer", "correct": k values, "length": k token
+    counts, "reflect_eff": k flags}, what paired comparisons between models are computed from)."""
     model = unwrap(model)
     was_training = model.training
     model.eval()
-    results, samples = {}, []
-    names = ("pass1", "passk", "cons", "questions", "format", "language", "length", "reflect", "mixed")
+    results, samples, questions = {}, [], []
     for name, tasks in sets.items():
-        mine = tasks[dist.rank::dist.world_size]
-        sums = torch.zeros(len(names), dtype=torch.float64)
-        at = {n: i for i, n in enumerate(names)}
+        idx = list(range(len(tasks)))[dist.rank::dist.world_size]
+        rows = []
         per = max(1, batch_size // k)                            # questions per generate() call
-        for i in tqdm(range(0, len(mine), per), desc=f"eval {name}", disable=not dist.is_main, leave=False):
-            chunk = mine[i:i + per]
+        for c in tqdm(range(0, len(idx), per), desc=f"eval {name}", disable=not dist.is_main, leave=False):
+            chunk = [tasks[i] for i in idx[c:c + per]]
             prompts = [prompt_fn(t) for t in chunk for _ in range(k)]
-            cols = {c: [t.get(c) for t in chunk for _ in range(k)] for c in COLUMNS}
+            cols = {col: [t.get(col) for t in chunk for _ in range(k)] for col in COLUMNS}
             gen = generate(model, [tok.encode(p) for p in prompts], max_new_tokens, temperature=temperature,
-                           top_p=top_p, eos_id=tok.eos_id, pad_id=tok.pad_id, seed=1000 * dist.rank + i)
+                           top_p=top_p, eos_id=tok.eos_id, pad_id=tok.pad_id, seed=1000 * dist.rank + c)
             texts = [tok.decode(gen.tokens[j, :gen.lengths[j]].tolist()).replace("<|endoftext|>", "")
                      for j in range(len(prompts))]
-            acc = accuracy_reward(prompts, texts, **cols)
-            for q in range(len(chunk)):
-                a = acc[q * k:(q + 1) * k]
-                answers = [extract_answer(t) for t in texts[q * k:(q + 1) * k]]
-                row = torch.zeros(len(names), dtype=torch.float64)
-                row[[at["pass1"], at["passk"], at["cons"], at["questions"]]] = torch.tensor(
-                    [sum(a) / k, float(max(a) > 0.999), _consensus(a, answers), 1.0], dtype=torch.float64)
-                sums += row
-            sums[at["format"]] += sum(format_reward(prompts, texts, style=style))
-            sums[at["language"]] += sum(language_reward(prompts, texts, **cols))
-            sums[at["length"]] += gen.lengths.sum().item()
-            sums[at["reflect"]] += sum(any(w in t.lower() for w in REFLECTIVE) for t in texts)
-            sums[at["mixed"]] += sum(distill.mixed_language(t, lg or "en") for t, lg in zip(texts, cols["lang"]))
+            per_sample = {"correct": accuracy_reward(prompts, texts, **cols),
+                          "format": format_reward(prompts, texts, style=style),
+                          "language": language_reward(prompts, texts, **cols),
+                          "length": gen.lengths.tolist(),
+                          "reflect": [float(any(w in t.lower() for w in REFLECTIVE)) for t in texts],
+                          "reflect_eff": [float(effective_reflection(t)) for t in texts],
+                          "mixed": [float(distill.mixed_language(t, lg or "en")) for t, lg in zip(texts, cols["lang"])]}
+            for q, t in enumerate(chunk):
+                row = {key: v[q * k:(q + 1) * k] for key, v in per_sample.items()}
+                row["cons"] = _consensus(row["correct"], [extract_answer(x) for x in texts[q * k:(q + 1) * k]])
+                rows.append({"set": name, "i": idx[c + q], "canon": t.get("canon"), "prompt": t["prompt"],
+                             "answer": t["answer"], **row})
             if dist.is_main and len(samples) < n_samples * (list(sets).index(name) + 1):
                 samples += [{"set": name, "prompt": chunk[0]["prompt"], "answer": chunk[0]["answer"],
-                             "completion": texts[0], "correct": acc[0]}]
-        if dist.world_size > 1:
-            torch.distributed.all_reduce(sums)
-        s = dict(zip(names, sums.tolist()))
-        nq, ns = max(s["questions"], 1), max(s["questions"] * k, 1)
-        results[name] = {"pass@1": s["pass1"] / nq, f"pass@{k}": s["passk"] / nq, f"cons@{k}": s["cons"] / nq,
-                         "format": s["format"] / ns, "language": s["language"] / ns, "length": s["length"] / ns,
-                         "reflect": s["reflect"] / ns, "mixed": s["mixed"] / ns, "n": int(s["questions"])}
+                             "completion": texts[0], "correct": per_sample["correct"][0]}]
+            for j in range(len(texts)):          # "aha" samples: right after catching its own slip (R1 §2.2.4)
+                if dist.is_main and per_sample["reflect_eff"][j] and per_sample["correct"][j] > 0.999 and \
+                        sum(s.get("aha", False) and s["set"] == name for s in samples) < 3:
+                    samples.append({"set": name, "prompt": chunk[j // k]["prompt"], "answer": chunk[j // k]["answer"],
+                                    "completion": texts[j], "correct": 1.0, "aha": True})
+        rows = sorted(distill.gather(rows, dist), key=lambda r: r["i"])
+        results[name] = summarize(rows, k)
+        questions += [{key: r[key] for key in ("set", "i", "canon", "prompt", "answer", "correct", "length",
+                                               "reflect_eff")} for r in rows]
     model.train(was_training)
-    return results, samples
+    return results, samples, questions
 
 
-def run_eval(model, tok, cfg, dist, fmt="r1zero"):
-    """The config's held-out reasoning sets (cfg["eval"]) in the model's format (FORMATS)."""
+def summarize(rows: list, k: int) -> dict:
+    """Per-question rows (evaluate) -> the set's metrics. pass@1, pass@k, cons@k are means over questions; format,
+    language, length (tokens, EOS included), reflect (a reflective word), reflect_eff (effective_reflection) and
+    mixed are means over samples; length_correct / length_wrong over the correct / incorrect samples only."""
+    def mean(xs):
+        xs = list(xs)
+        return sum(xs) / len(xs) if xs else None
+    samples = [(c, n) for r in rows for c, n in zip(r["correct"], r["length"])]
+    out = {"pass@1": mean(sum(r["correct"]) / k for r in rows),
+           f"pass@{k}": mean(float(max(r["correct"]) > 0.999) for r in rows),
+           f"cons@{k}": mean(r["cons"] for r in rows)}
+    for key in ("format", "language", "length", "reflect", "reflect_eff", "mixed"):
+        out[key] = mean(v for r in rows for v in r[key])
+    out["length_correct"] = mean(n for c, n in samples if c > 0.999)
+    out["length_wrong"] = mean(n for c, n in samples if c <= 0.999)
+    out["n"] = len(rows)
+    return out
+
+
+def run_eval(model, tok, cfg, dist, fmt="r1zero", during: bool = False):
+    """The config's held-out reasoning sets (cfg["eval"]) in the model's format (FORMATS): n_per_set questions per
+    set, or n_during (default n_per_set) for the evaluations in the middle of an RL stage."""
     e = cfg["eval"]
     prompt_fn, style = FORMATS[fmt]
-    sets = data.eval_sets(e["n_per_set"], e["seed"], e["sets"], cfg.get("difficulty"))
+    n = e.get("n_during", e["n_per_set"]) if during else e["n_per_set"]
+    sets = data.eval_sets(n, e["seed"], e["sets"], cfg.get("difficulty"))
     return evaluate(model, tok, sets, k=e["k"], temperature=e["temperature"], top_p=e["top_p"],
                     max_new_tokens=e["max_new_tokens"], dist=dist, prompt_fn=prompt_fn, style=style)
 
@@ -172,3 +195,75 @@ def eval_general(model, tok, cfg, dist, rm_paths=None) -> dict:
             out[name]["helpful" if name == "general" else "rm_unsafe"] = sums[2].item() / n
         out[name].update(length=sums[3].item() / n, n=len(tasks))
     return out
+
+
+# ------------------------------------------------------------------------------------------- the premise probe
+# R1-Zero can only discover that thinking pays if it does pay for the base model: searching longer and checking
+# more must make its answers right more often. These prefixes (task -> text) force a style right after
+# "Assistant:": a direct answer, or the worked way (which starts by restating the problem).
+FORCED = {"arith": {"direct": lambda t: " <think> so", "worked": lambda t: f" <think> {t['a']}{t['op']}{t['b']}."},
+          "countdown": {"direct": lambda t: " <think> so",
+                        "worked": lambda t: f" <think> {', '.join(map(str, t['nums']))} -> {t['target']}."}}
+WORK_RE = {"arith": re.compile(r"check:|检查:"), "countdown": re.compile(r"\btry\b|试")}
+
+
+@torch.no_grad()
+def premise_probe(model, tok, cfg, dist, n: int = 48, k: int = 8) -> dict:
+    """On n English held-out questions per set, k samples each at the eval temperature: accuracy by how much work a
+    sample writes (countdown: tries; arithmetic: checks; buckets 0..3 and 4+), and accuracy when the completion is
+    forced to start the direct or the worked way (FORCED). -> {set: {"by_work": {bucket: [samples, accuracy]},
+    "free", "direct", "worked"}}; every rank returns the same."""
+    e = cfg["eval"]
+    out = {}
+    for kind in (s for s in e["sets"] if s in FORCED):
+        tasks = [t for t in data.eval_sets(4 * n, e["seed"], [kind], cfg.get("difficulty"))[kind]
+                 if t["lang"] == "en"][:n]
+        res, work = {}, {}
+        for style, prefix in (("free", lambda t: ""), *FORCED[kind].items()):
+            outs = distill.gather(distill.sample(
+                unwrap(model), tok, tasks[dist.rank::dist.world_size],
+                lambda t, p=prefix: data.r1zero_prompt(t) + p(t), n=k, temperature=e["temperature"],
+                top_p=e["top_p"], max_new_tokens=e["max_new_tokens"], seed=e["seed"]), dist)
+            texts = [prefix(o[0]) + o[2] for o in outs]
+            cols = {c: [o[0].get(c) for o in outs] for c in COLUMNS}
+            correct = accuracy_reward([o[1] for o in outs], texts, **cols)
+            res[style] = sum(correct) / max(1, len(correct))
+            if style == "free":
+                for text, ok in zip(texts, correct):
+                    work.setdefault(min(len(WORK_RE[kind].findall(text)), 4), []).append(ok)
+        res["by_work"] = {("4+" if b == 4 else str(b)): [len(v), sum(v) / len(v)] for b, v in sorted(work.items())}
+        out[kind] = res
+    return out
+
+
+def main(argv=None):
+    import argparse
+    import json
+    import os
+
+    from common import Dist, build_model_from_checkpoint
+    from config import load_config
+    from tokenizer import get_tokenizer
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--probe", required=True, metavar="MODEL_PT", help="a base model (e.g. runs/toy/pretrain/model.pt)")
+    ap.add_argument("--config", default="toy", help="the config whose eval section and difficulty levels to use")
+    ap.add_argument("-n", type=int, default=48, help="English held-out questions per set")
+    ap.add_argument("-k", type=int, default=8, help="samples per question")
+    args = ap.parse_args(argv)
+    if not os.path.isfile(args.probe):
+        raise SystemExit(f"error: no model at {args.probe}")
+    cfg = load_config(args.config)
+    model, ck = build_model_from_checkpoint(args.probe)
+    res = premise_probe(model, get_tokenizer(ck.get("tokenizer") or cfg["tokenizer"]), cfg, Dist(), args.n, args.k)
+    path = os.path.join(os.path.dirname(os.path.abspath(args.probe)), "probe.json")
+    with open(path, "w") as f:
+        json.dump(res, f, indent=1)
+    for kind, r in res.items():
+        work = "  ".join(f"{b}: {acc:.3f} ({cnt})" for b, (cnt, acc) in r["by_work"].items())
+        print(f"{kind}: free {r['free']:.3f}  forced direct {r['direct']:.3f}  forced worked {r['worked']:.3f}")
+        print(f"  accuracy by {'tries' if kind == 'countdown' else 'checks'} written: {work}")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -69,7 +69,8 @@ class GRPOConfig:
     grad_clip: float = 1.0          # max global grad norm per optimizer step (0 = no clipping)
     mu: int = 1                     # inner epochs over each rollout (R1: 1; mu > 1 makes rho != 1)
     n_minibatches: int = 1          # optimizer steps per epoch; each takes a contiguous slice of the groups
-    micro_batch_size: int = 0       # rows per forward/backward (gradient accumulation); 0 = the whole minibatch
+    micro_batch_size: int = 0       # rows per forward/backward (gradient accumulation), grouped by length so that
+                                    #   each is padded to its own longest row; 0 = the whole minibatch at once
     precision: str = "auto"         # bf16 autocast of the logprob/update forwards (common.autocast); sampling is fp32
     # objective
     beta: float = 0.001             # KL coefficient (R1: 0.001; DeepSeekMath: 0.04); 0 skips the reference
@@ -304,6 +305,7 @@ class Rollout:
     prompts: list = field(default_factory=list)       # prompt texts, one per row
     completions: list = field(default_factory=list)   # completion texts (the EOS token not included)
     parts: dict = field(default_factory=dict)         # reward component name -> (N,) tensor
+    kinds: list = field(default_factory=list)         # each row's task kind ("arith", "countdown", ...) or None
     timings: dict = field(default_factory=dict)       # time_generate, time_reward (seconds)
 
 
@@ -383,6 +385,7 @@ def rollout(policy, tasks, reward_fn, tokenizer, cfg: GRPOConfig, step: int, dis
     return Rollout(tokens=tokens, completion_mask=cmask, advantages=adv.reshape(-1), rewards=rewards,
                    keep=keep.repeat_interleave(G), finished=finished, lengths=lengths, sampler_logp=sampler_logp,
                    group_size=G, prompts=prompts, completions=completions, parts=parts,
+                   kinds=columns.get("task", [None] * len(prompts)),
                    timings={"time_generate": t_generate, "time_reward": t_reward})
 
 
@@ -395,7 +398,8 @@ def _averages_grads(policy) -> bool:
 
 @torch.no_grad()
 def _logprobs_no_grad(model, tokens, cmask, rows, cfg, L1):
-    """log pi of the completion tokens of `rows` (a no-grad forward in eval mode, micro-batched) -> (len, L1)."""
+    """log pi of the completion tokens of `rows` (a no-grad forward in eval mode, micro-batched by length) ->
+    (len, L1)."""
     out = torch.zeros(len(rows), L1)
     if len(rows) == 0:
         return out
@@ -403,15 +407,21 @@ def _logprobs_no_grad(model, tokens, cmask, rows, cfg, L1):
     was_training = core.training
     core.eval()                          # eval: MoE expert loads are only counted in training forwards
     device = next(core.parameters()).device
-    step = cfg.micro_batch_size or len(rows)
     with autocast(device, cfg.precision):
-        for i in range(0, len(rows), step):
-            r = rows[i:i + step]
+        for idx in _length_buckets(cmask[rows], cfg.micro_batch_size):
+            r = rows[idx]
             end = int(_row_ends(cmask[r]).max())
             lp = sequence_logprobs(core, tokens[r, :end].to(device), cmask[r, :end].to(device), cfg.temperature)
-            out[i:i + len(r), :end - 1] = lp.float().cpu()
+            out[idx, :end - 1] = lp.float().cpu()
     core.train(was_training)
     return out
+
+
+def _length_buckets(cmask, size: int) -> list:
+    """Indices 0..n-1 of rows, sorted by length and cut into chunks of `size` (0: one chunk): each micro-batch is
+    padded only to its own longest row, not to the rollout's (a few long rows would set the cost of all)."""
+    order = torch.argsort(_row_ends(cmask), descending=True, stable=True)
+    return list(order.split(size)) if size else [order]
 
 
 def _row_ends(cmask):
@@ -475,7 +485,7 @@ def _minibatch_step(policy, optimizer, batch: Rollout, rows, loss_mask, old_logp
         rows = torch.zeros(1, dtype=torch.long)   # MoE load counters (update_bias) do not see it
         core.eval()
     optimizer.zero_grad(set_to_none=True)
-    micro = rows.split(cfg.micro_batch_size) if cfg.micro_batch_size else [rows]
+    micro = [rows[idx] for idx in _length_buckets(batch.completion_mask[rows], cfg.micro_batch_size)]
     for j, r in enumerate(micro):
         no_sync = j < len(micro) - 1 and hasattr(policy, "no_sync")
         end = int(_row_ends(batch.completion_mask[r]).max())
@@ -582,8 +592,44 @@ def make_optimizer(policy, cfg: GRPOConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
 
 
+def _global_std(x: torch.Tensor, dist: Dist) -> float:
+    """The population std of x over every rank's values."""
+    m = torch.tensor([len(x), x.sum(), (x * x).sum()], dtype=torch.float64)
+    if dist.world_size > 1:
+        tdist.all_reduce(m)
+    n, s, ss = m.tolist()
+    return max(ss / n - (s / n) ** 2, 0.0) ** 0.5
+
+
+def _by_kind(batch: Rollout, text_flags: dict, dist: Dist) -> dict:
+    """Rollout statistics per task kind (reduced over ranks): length_<kind> (tokens), length_<kind>_correct (of
+    the rollouts with accuracy 1), accuracy_<kind>; and, for each name -> f(text) -> bool of text_flags, the share
+    of completions it holds for. Kinds absent from the step are left out."""
+    acc = batch.parts.get("accuracy", torch.zeros(len(batch.completions)))
+    rows = []
+    for kind in data.KINDS:                                   # a fixed layout, the same on every rank
+        m = torch.tensor([x == kind for x in batch.kinds], dtype=torch.bool)
+        ok = m & (acc > 0.999)
+        rows += [m.sum(), batch.lengths[m].sum(), ok.sum(), batch.lengths[ok].sum()]
+    rows += [sum(bool(f(c)) for c in batch.completions) for f in text_flags.values()] + [len(batch.completions)]
+    sums = torch.tensor([float(x) for x in rows], dtype=torch.float64)
+    if dist.world_size > 1:
+        tdist.all_reduce(sums)
+    out = {}
+    for i, kind in enumerate(data.KINDS):
+        n, length, n_ok, length_ok = sums[4 * i:4 * i + 4].tolist()
+        if n:
+            out.update({f"length_{kind}": length / n, f"accuracy_{kind}": n_ok / n})
+        if n_ok:
+            out[f"length_{kind}_correct"] = length_ok / n_ok
+    for j, name in enumerate(text_flags):
+        out[name] = sums[4 * len(data.KINDS) + j].item() / sums[-1].item()
+    return out
+
+
 def grpo_step(policy, ref_model, optimizer, tasks, reward_fn, tokenizer, cfg: GRPOConfig, step: int,
-              dist: Dist | None = None, prompt_fn=data.r1zero_prompt, count_words=(), return_rollout: bool = False):
+              dist: Dist | None = None, prompt_fn=data.r1zero_prompt, count_words=(), text_flags=None,
+              return_rollout: bool = False):
     """One GRPO step: (reference refresh) -> rollout -> score -> advantages -> mu x n_minibatches updates.
 
     policy: the Transformer, possibly DDP/FSDP-wrapped (generation and no-grad passes use unwrap(policy)).
@@ -591,7 +637,9 @@ def grpo_step(policy, ref_model, optimizer, tasks, reward_fn, tokenizer, cfg: GR
     interleaved by the caller: all_tasks[rank::world_size], the same number on every rank). reward_fn: see
     score(). prompt_fn: task -> prompt text (default data.r1zero_prompt, the R1-Zero template).
     count_words: words whose presence in completions is counted (metric "words": the fraction of completions
-    with any of them, e.g. ("wait", "check") for the "aha moment").
+    with any of them, e.g. ("wait", "check") for the "aha moment"); text_flags: {name: f(text) -> bool}, each
+    logged as the share of completions it holds for; per task kind: length_<kind>, length_<kind>_correct,
+    accuracy_<kind> (_by_kind).
     Returns metrics (reduced over ranks; identical on every rank): reward (mean) and each reward component's
     mean (e.g. accuracy, format), reward_std (mean within-group std), response_length, truncated (fraction
     without EOS), groups_kept / groups, the update's loss diagnostics (grpo_update), time_rollout,
@@ -622,19 +670,23 @@ def grpo_step(policy, ref_model, optimizer, tasks, reward_fn, tokenizer, cfg: GR
                          (~batch.finished).sum(), batch.keep.view(-1, G)[:, 0].sum(),
                          sum(any(w in c.lower() for w in words) for c in batch.completions),
                          n_prompt_tok, batch.timings["time_generate"], batch.timings["time_reward"], t_rollout,
-                         t_total] + [batch.parts[k].sum() for k in names], dtype=torch.float64)
+                         t_total] + [batch.parts[k].nansum() for k in names] +
+                        [(~batch.parts[k].isnan()).sum() for k in names], dtype=torch.float64)
     if dist.world_size > 1:
         tdist.all_reduce(sums)
     (n, n_groups, reward, reward_std, length, truncated, kept, with_words, prompt_tok, t_gen, t_reward,
-     t_rollout, t_total), parts = sums[:13].tolist(), sums[13:].tolist()
+     t_rollout, t_total), parts, applies = sums[:13].tolist(), sums[13:13 + len(names)].tolist(), sums[13 + len(names):]
     world = dist.world_size
-    out = {"reward": reward / n, **{k: v / n for k, v in zip(names, parts)}, "reward_std": reward_std / n_groups,
-           "response_length": length / n, "truncated": truncated / n, "groups_kept": int(kept),
+    out = {"reward": reward / n, **{k: v / max(float(c), 1.0) for k, v, c in zip(names, parts, applies)},
+           "reward_std": reward_std / n_groups,
+           "response_length": length / n, "response_length_std": _global_std(batch.lengths.double(), dist),
+           "truncated": truncated / n, "groups_kept": int(kept),
            "groups": int(n_groups), "ref_updated": ref_updated, **metrics,
            "time_rollout": t_rollout / world, "time_generate": t_gen / world, "time_reward": t_reward / world,
            "step_time": t_total / world}
     if words:
         out["words"] = with_words / n
+    out.update(_by_kind(batch, text_flags or {}, dist))
     out["tokens_per_s"] = (prompt_tok + length) / max(out["step_time"], 1e-9)     # every token of every row
     out["gen_tokens_per_s"] = length / max(out["time_generate"], 1e-9)
     return (out, batch) if return_rollout else out
@@ -642,14 +694,16 @@ def grpo_step(policy, ref_model, optimizer, tasks, reward_fn, tokenizer, cfg: GR
 
 # ---------------------------------------------------------------------------------------------- 9. train
 def train(policy, ref_model, optimizer, tasks, reward_fn, tokenizer, cfg: GRPOConfig, out_dir: str, dist: Dist, *,
-          steps: int, eval_every: int, evaluate, prompt_fn=data.r1zero_prompt, resume: bool = False,
-          ckpt_every: int = 10, count_words=(), extra_ckpt: dict | None = None) -> dict:
+          steps: int, eval_every: int, evaluate, final_evaluate=None, prompt_fn=data.r1zero_prompt,
+          resume: bool = False, ckpt_every: int = 10, count_words=(), text_flags=None,
+          extra_ckpt: dict | None = None) -> dict:
     """The RL loop of every GRPO stage (sft.train's counterpart): `steps` grpo_steps, held-out evaluation every
     eval_every steps and at the end, out_dir/metrics.jsonl (one row per step) and samples.jsonl, and a resumable
     out_dir/ckpt.pt (model, optimizer, reference, RNG) every ckpt_every steps. tasks: the task dicts, or a
     function step -> task dicts (all_rl adds general prompts late in the stage); each step draws
     prompts_per_rollout of them with an RNG seeded by the step alone, so a resumed run draws what the killed
-    one would have. evaluate(policy) -> (results: set -> metrics, samples). Returns the final evaluation."""
+    one would have. evaluate(policy) -> (results: set -> metrics, samples); final_evaluate (default evaluate)
+    makes the last point of the curves, after the last step. Returns that final evaluation's results."""
     os.makedirs(out_dir, exist_ok=True)
     name, ckpt_path, start = os.path.basename(out_dir), os.path.join(out_dir, "ckpt.pt"), 0
     if resume and os.path.exists(ckpt_path):
@@ -668,8 +722,8 @@ def train(policy, ref_model, optimizer, tasks, reward_fn, tokenizer, cfg: GRPOCo
         raise SystemExit(f"error: prompts_per_step x n_minibatches = {n_rollout} must be divisible by the "
                          f"{dist.world_size} ranks (each rank samples whole groups)")
 
-    def evaluate_at(step):
-        res, samples = evaluate(policy)
+    def evaluate_at(step, fn=evaluate):
+        res, samples = fn(policy)
         logger.log(step=step, **{f"eval_{s}_{k}": v for s, m in res.items() for k, v in m.items() if k != "n"})
         if dist.is_main:
             with open(os.path.join(out_dir, "samples.jsonl"), "a") as f:
@@ -687,11 +741,11 @@ def train(policy, ref_model, optimizer, tasks, reward_fn, tokenizer, cfg: GRPOCo
         pool = tasks(step) if callable(tasks) else tasks
         batch = rng.sample(pool, n_rollout) if len(pool) >= n_rollout else rng.choices(pool, k=n_rollout)
         m = grpo_step(policy, ref_model, optimizer, batch[dist.rank::dist.world_size], reward_fn, tokenizer, cfg,
-                      step, dist, prompt_fn=prompt_fn, count_words=count_words)
+                      step, dist, prompt_fn=prompt_fn, count_words=count_words, text_flags=text_flags)
         logger.log(step=step, **m)
         bar.set_postfix(reward=f"{m['reward']:.2f}", acc=f"{m.get('accuracy', 0):.2f}",
                         len=f"{m['response_length']:.0f}", tok_s=f"{m['tokens_per_s']:.0f}")
         if (step + 1) % ckpt_every == 0 or step == steps - 1:
             save_model(ckpt_path, policy, dist, step=step + 1, optimizer=optimizer,
                        ref=ref_model.state_dict() if ref_model is not None else None, **(extra_ckpt or {}))
-    return evaluate_at(steps)
+    return evaluate_at(steps, final_evaluate or evaluate)

@@ -6,7 +6,13 @@ tables, with what each stage moved, the checks of R1's claims as measured, and t
 import json
 import os
 
-from common import read_json
+from common import read_json, read_jsonl, read_metrics
+from eval import paired_bootstrap
+
+# (after, before, what the comparison checks): the report states each change with its paired 95% interval
+COMPARISONS = (("zero", "pretrain", "R1-Zero vs the base (R1 §2.2)"),
+               ("reasoning_rl", "zero", "Step2 vs R1-Zero: language fixed, accuracy kept (R1 §2.3.2)"),
+               ("all_rl", "rejection_sft", "R1 vs Step3: all-scenario RL keeps reasoning (R1 §2.3.4)"))
 
 
 def write_report(cfg: dict, run: str, products: list):
@@ -49,6 +55,7 @@ def write_report(cfg: dict, run: str, products: list):
                   f"Training FLOPs: distillation SFT {comp['distill_flops']:.3g}, RL-only {comp['rl_flops']:.3g} "
                   f"(ratio RL/distill {comp['rl_flops'] / max(comp['distill_flops'], 1):.2f}; {comp['rl_steps']} "
                   f"GRPO steps). The teacher's cost of writing the distillation set is not counted, as in the paper."]
+    lines += r1zero_section(run, cfg) + changes_section(run, cfg, products)
     lines += ["", "## What each stage did and what moved", ""] + stage_paragraphs(products, dict(rows), cols)
     lines.append("")
     for p, _ in rows:
@@ -59,6 +66,117 @@ def write_report(cfg: dict, run: str, products: list):
     with open(os.path.join(run, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
+
+def _questions(run: str, stage: str):
+    path = os.path.join(run, stage, "eval_questions.jsonl")
+    return read_jsonl(path) if os.path.exists(path) else None
+
+
+def paired_change(after: list, before: list, key: str, sets=None) -> dict | None:
+    """The paired bootstrap change of a per-question mean of `key` ("correct", "length", "reflect_eff") between two
+    evaluations of the same questions (matched by set and prompt; None unless every question of `before` is in
+    `after`)."""
+    def keyed(questions):
+        seen, out = {}, {}
+        for q in questions:
+            k = (q["set"], q["prompt"])
+            seen[k] = seen.get(k, 0) + 1
+            out[(*k, seen[k])] = q                     # an eval set may repeat a question: match the n-th with the n-th
+        return out
+    a, b = keyed(after), keyed([q for q in before if sets is None or q["set"] in sets])
+    if not b or any(k not in a for k in b):
+        return None
+    mean = lambda v: sum(v) / len(v)                                                   # noqa: E731
+    return paired_bootstrap([mean(q[key]) for q in b.values()], [mean(a[k][key]) for k in b])
+
+
+def verdict(ch: dict, up="higher", down="lower") -> str:
+    """Words chosen by the interval: 'higher' / 'lower' only when the 95% interval excludes zero."""
+    if ch["lo"] > 0:
+        return up
+    if ch["hi"] < 0:
+        return down
+    return "no clear change"
+
+
+def fmt_change(ch: dict, digits: int = 3) -> str:
+    return (f"{ch['before']:.{digits}f} -> {ch['after']:.{digits}f} ({ch['diff']:+.{digits}f}, 95% CI "
+            f"[{ch['lo']:+.{digits}f}, {ch['hi']:+.{digits}f}], n = {ch['n']}): {verdict(ch)}")
+
+
+def changes_section(run: str, cfg: dict, products: list) -> list:
+    """Each comparison of COMPARISONS, per set and over all reasoning questions: pass@1, length, effective
+    reflection, with paired bootstrap 95% intervals over the held-out questions."""
+    out = []
+    for after, before, what in COMPARISONS:
+        qa, qb = _questions(run, after), _questions(run, before)
+        if qa is None or qb is None:
+            continue
+        out += [f"**{what}.**", ""]
+        for sets, label in [([s], s) for s in cfg["eval"]["sets"]] + [(None, "all reasoning questions")]:
+            for key, name in (("correct", "pass@1"), ("length", "length (tokens)"),
+                              ("reflect_eff", "effective reflection")):
+                ch = paired_change(qa, qb, key, sets)
+                if ch is not None:
+                    out.append(f"- {label}, {name}: {fmt_change(ch, 1 if key == 'length' else 3)}")
+        out.append("")
+    return (["", "## Changes between stages, with paired bootstrap 95% intervals", "",
+             "Per held-out question: pass@1 = the mean correctness of its k samples; length = their mean length in "
+             "tokens; effective reflection = the share of samples in which a check or a \"wait\" is followed by a "
+             "changed value. 'higher' / 'lower' only when the interval excludes zero.", ""] + out) if out else []
+
+
+def first_last(rows: list, key: str, n: int = 10):
+    """(mean of `key` over the first n steps that log it, over the last n)."""
+    v = [r[key] for r in rows if r.get(key) is not None and "reward" in r]
+    if len(v) < 2:
+        return None
+    n = min(n, len(v) // 2)
+    return sum(v[:n]) / n, sum(v[-n:]) / n
+
+
+def r1zero_section(run: str, cfg: dict) -> list:
+    """R1-Zero's self-evolution as measured: response length of the training rollouts per task kind (all and
+    correct only) over the first and the last 10 RL steps, effective reflection, and a few "aha" samples."""
+    out = ["", "## R1-Zero's self-evolution (R1 §2.2.4)", ""]
+    probe = read_json(os.path.join(run, "pretrain", "probe.json"))
+    if probe:
+        out += ["Does thinking pay for the base model? (`python eval.py --probe runs/<name>/pretrain/model.pt`: "
+                "English held-out questions, samples at the eval temperature; the work a sample writes is its tries "
+                "(countdown) or checks (arithmetic))", "",
+                "| set | free | forced direct | forced worked | accuracy by work written (samples) |",
+                "|---|---|---|---|---|"]
+        for kind, r in probe.items():
+            work = ", ".join(f"{b}: {acc:.3f} ({cnt})" for b, (cnt, acc) in r["by_work"].items())
+            out.append(f"| {kind} | {r['free']:.3f} | {r['direct']:.3f} | {r['worked']:.3f} | {work} |")
+        out.append("")
+    path = os.path.join(run, "zero", "metrics.jsonl")
+    if not os.path.exists(path):
+        return out if probe else []
+    rows = read_metrics(path)
+    out += ["Training rollouts (the policy's own samples at the rollout temperature), mean of the first and the last "
+            "10 RL steps:", ""]
+    for kind in cfg["eval"]["sets"]:
+        for key, what in ((f"length_{kind}", "response length"), (f"length_{kind}_correct", "length of correct"),
+                          (f"accuracy_{kind}", "accuracy")):
+            fl = first_last(rows, key)
+            if fl:
+                ratio = f" (x{fl[1] / fl[0]:.2f})" if "length" in key and fl[0] else ""
+                out.append(f"- {kind}, {what}: {fl[0]:.3f} -> {fl[1]:.3f}{ratio}" if "accuracy" in key else
+                           f"- {kind}, {what}: {fl[0]:.1f} -> {fl[1]:.1f} tokens{ratio}")
+    fl = first_last(rows, "reflect_eff")
+    if fl:
+        out.append(f"- effective reflection (a check or \"wait\" followed by a changed value): "
+                   f"{fl[0]:.3f} -> {fl[1]:.3f} of the rollouts")
+    aha = [s for s in (read_jsonl(os.path.join(run, "zero", "samples.jsonl")) if os.path.exists(
+        os.path.join(run, "zero", "samples.jsonl")) else []) if s.get("aha")]
+    if aha:
+        out += ["", "\"Aha\" samples: held-out questions that R1-Zero answered right after catching its own slip "
+                "(last evaluation):", ""]
+        last = max(s["step"] for s in aha)
+        for s in [s for s in aha if s["step"] == last][:3]:
+            out += [f"> **{s['prompt']}** (answer {s['answer']})", ">", f"> {s['completion'].strip()}", ""]
+    return out
 
 
 def _fmt(v):
@@ -167,3 +285,58 @@ def stage_paragraphs(products: list, res: dict, cols) -> list:
         out += ["**The checks of R1's claims, as measured:**", ""] + checks + [""]
     return out
 
+
+
+def rl_figures(d: str, sets: list, k: int):
+    """The paper's figures in miniature, from an RL stage's metrics.jsonl, into d/plots: rl_accuracy.png (held-out
+    pass@1 and cons@k against the RL step, one panel per set: R1 Figure 2), rl_length.png (the rollouts' mean
+    response length per step with a +-1 std band, and per task kind: R1 Figure 3) and rl_reflection.png (the share
+    of rollouts with an effective reflection, and with a reflective word)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    rows = read_metrics(os.path.join(d, "metrics.jsonl"))
+    train = [r for r in rows if "reward" in r]
+    os.makedirs(os.path.join(d, "plots"), exist_ok=True)
+
+    def series(key, source):
+        pts = [(r["step"], r[key]) for r in source if r.get(key) is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    fig = Figure(figsize=(4.2 * len(sets), 3.2))
+    FigureCanvasAgg(fig)
+    for ax, s in zip(fig.subplots(1, len(sets), squeeze=False)[0], sets):
+        for key, label in ((f"eval_{s}_pass@1", "pass@1"), (f"eval_{s}_cons@{k}", f"cons@{k}")):
+            x, y = series(key, rows)
+            ax.plot(x, y, marker="o", label=label)
+        ax.set(title=f"{s}: held-out accuracy", xlabel="RL step", ylabel="accuracy", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(d, "plots", "rl_accuracy.png"), dpi=100)
+
+    fig = Figure(figsize=(6, 3.4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    x, y = series("response_length", train)
+    _, sd = series("response_length_std", train)
+    if sd and len(sd) == len(y):
+        ax.fill_between(x, [a - b for a, b in zip(y, sd)], [a + b for a, b in zip(y, sd)], alpha=0.2, label="+-1 std")
+    ax.plot(x, y, label="all rollouts")
+    for s in sets:
+        ax.plot(*series(f"length_{s}", train), lw=1, label=s)
+    ax.set(title="response length of the rollouts", xlabel="RL step", ylabel="tokens", ylim=(0, None))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(d, "plots", "rl_length.png"), dpi=100)
+
+    fig = Figure(figsize=(6, 3.2))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for key, label in (("reflect_eff", "effective reflection"), ("words", "a reflective word")):
+        ax.plot(*series(key, train), label=label)
+    ax.set(title="reflection in the rollouts", xlabel="RL step", ylabel="share of rollouts", ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(d, "plots", "rl_reflection.png"), dpi=100)

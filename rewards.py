@@ -618,7 +618,8 @@ class combine:
     + Reward_language, + the reward models, Nature eq. 7-10). combine({name: (f, w), ...}) -> a reward function
     returning sum_k w_k * f_k; .components(...) -> {name: values} plus "reward", the weighted sum. A list
     [(f, w), ...] names each part by its function's __name__ (duplicates get _2, _3, ...). The sum is taken in
-    float32, the dtype of the trainer's reward tensors (grpo.score)."""
+    float32, the dtype of the trainer's reward tensors (grpo.score). A part may be NaN where it does not apply
+    (train_pipeline.only): it adds nothing there, and its logged mean is over the rows it applies to."""
 
     def __init__(self, terms):
         items = list(terms.items()) if isinstance(terms, dict) else [(None, fw) for fw in terms]
@@ -645,7 +646,7 @@ class combine:
             if len(values) != n:
                 raise ValueError(f"combine: {name} returned {len(values)} rewards for {n} completions")
             out[name] = values
-            total += np.float32(w) * np.asarray(values, dtype=np.float32)
+            total += np.float32(w) * np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0)
         out["reward"] = total.tolist()
         return out
 

@@ -14,7 +14,11 @@ Tasks are dicts {"task", "prompt", "answer", "lang", "difficulty", "canon", ...}
 them). Prompts carry no final punctuation because the R1-Zero template appends its own ". Assistant:".
 """
 import functools
+import itertools
+import math
+import re
 import zlib
+from collections import Counter
 
 # ======================================================================================== held-out split
 EVAL_EVERY = 8   # 1 canonical problem in 8 is held out for evaluation
@@ -40,18 +44,19 @@ OTHER = {"en": "zh", "zh": "en"}
 PH = {
     "en": {"cols": ("ones", "tens", "hundreds", "thousands", "ten-thousands"), "write": "write {}",
            "carry": " carry {}", "borrow": " borrow {}", "sofar": ", so far {}", "so": "so {}.",
-           "answer_is": "The answer is {}.",
-           "wait": "wait, check: {}={}, not {}.", "check": "check: {}, ok.", "first": "first {}.",
-           "then": "then {}.", "now": "now {}.", "try": "try", "no": "no.", "yes": "yes.",
+           "answer_is": "The answer is {}.", "check": "check: {},", "ok": "ok.", "not": "not {}.",
+           "redo": "wait, redo:", "wait": "wait, {},", "try": "try", "need": "need {},", "group": "{} and {}, then {}:", "yes": "yes.", "no": "no.",
+           "maybe": "so maybe {}.",
+           "first": "first {}.", "then": "then {}.", "now": "now {}.",
            "direct": ("so {}.", "so {}.", "easy, {}.", "I know this: {}."), "code_is": "Here is the code:",
            "code_check": "check: {} gives {}, ok.", "code_first": "first try: return {}.",
            "code_wait": "wait, check: {} should give {}, not {}. so: return {}.",
            "problem": "Problem: {}.\nSolution: {}", "qa": "Q: {}\nA: {}"},
     "zh": {"cols": ("个位", "十位", "百位", "千位", "万位"), "write": "写{}", "carry": "进{}", "borrow": "借{}",
-           "sofar": ", 目前 {}",
-           "so": "所以 {}.", "answer_is": "答案是 {}.", "wait": "等等, 检查: {}={}, 不是{}.",
-           "check": "检查: {}, 对.", "first": "先算 {}.", "then": "再算 {}.", "now": "现在算 {}.", "try": "试",
-           "no": "不对.", "yes": "对.", "direct": ("所以 {}.", "很简单, {}.", "我知道, {}."), "code_is": "代码是:",
+           "sofar": ", 目前 {}", "so": "所以 {}.", "answer_is": "答案是 {}.", "check": "检查: {},", "ok": "对.",
+           "not": "不是 {}.", "redo": "等等, 重算:", "wait": "等等, {},", "try": "试", "need": "要 {},", "group": "{} 和 {}, 再 {}:", "yes": "对.", "no": "不对.",
+           "maybe": "那就 {}.", "first": "先算 {}.", "then": "再算 {}.", "now": "现在算 {}.",
+           "direct": ("所以 {}.", "很简单, {}.", "我知道, {}."), "code_is": "代码是:",
            "code_check": "检查: {} 是 {}, 对.", "code_first": "先写: return {}.",
            "code_wait": "等等, 检查: {} 要是 {}, 不是 {}. 所以: return {}.",
            "problem": "问题: {}.\n答: {}", "qa": "问: {}\n答: {}"},
@@ -64,8 +69,8 @@ COUNTDOWN_PROMPTS = {
            "Reach {t} using {nums} (each once) and + - * /"),
     "zh": ("用 {nums} 算出 {t}, 每个数只用一次, 可以用 + - * /", "用 {nums} 和 + - * / 算出 {t}, 每个数用一次")}
 CODE_PROMPT = {"en": "Write a Python function {sig} that {what}", "zh": "写一个 Python 函数 {sig}, {what}"}
-ZH_FRAC = 0.25          # share of tasks whose prompt is in Chinese
-MIX_FRAC = 0.20         # share of scratchpads that switch language midway (R1-Zero's language mixing)
+ZH_FRAC = 0.15          # share of tasks whose prompt is in Chinese
+MIX_FRAC = 0.15         # share of scratchpads that switch language midway (R1-Zero's language mixing)
 
 
 class _Pad:
@@ -73,8 +78,9 @@ class _Pad:
 
     def __init__(self, lang: str, switch=None):
         self.lang, self.switch, self.parts = lang, switch, []
-        self.slip_at, self.slip, self.ncol = None, None, 0   # which column step goes wrong, and how
-        self.slipped = False                                 # whether the slip was written
+        self.careful = False        # checks its steps (arithmetic columns, countdown hits)
+        self.repaired = False       # a check caught a slip and the step was redone
+        self.slip = None            # code: "wrong" (a wrong first body kept) | "fixed" (caught by a test run)
 
     @property
     def ph(self) -> dict:
@@ -118,7 +124,17 @@ def pick(rng, table: dict):
 # ============================================================================================ arithmetic
 # Difficulty: 1 = 2-digit +-; 2 = 3-digit +- or 2-digit x 1-digit; 3 = 4-digit +- 3-4 digit or 3-digit x 1-digit;
 # 4 = 4-digit +- 4-digit or 2-digit x 2-digit. Subtraction keeps a >= b (no negative results).
+#
+# A worked solution goes column by column from the right and restates the result so far after each column (the
+# final answer is then a copy, not the written digits gathered in reverse). A column is the step a small model
+# gets wrong: a digit fact off by one (more often where a carry or borrow enters), at about the rate of P_SLIP.
+# A careful pad (P_CAREFUL of them) checks every column by the inverse operation ("check: 14-9-1=4, ok."); a
+# check on a slip fails ("check: 15-9-1=5, not 4.") and the column is redone ("wait, redo: 4+9+1=14, ..."), which
+# changes the answer to the right one. A hasty pad keeps its slips: its answer is wrong. Writing the checks is
+# what makes the answer right, so thinking longer pays where the model itself errs.
 ARITH_LEVELS = (1, 2, 3, 4)
+P_CAREFUL = 0.3                           # share of arithmetic pads that check every column
+P_SLIP = {"carry": 0.08, "plain": 0.03}   # per column: a digit fact off by one (with / without an incoming carry)
 
 
 def _arith_canon(op, a, b):
@@ -158,40 +174,6 @@ def _digits(n: int) -> list:
     return [int(c) for c in reversed(str(n))]           # least significant first
 
 
-def _column(pad, rng, i, pre, expr, v, out_of, word, lo, hi, acc=""):
-    """One column step "tens: {pre}{expr}={v}, write d [carry c], so far d{acc}."; returns the (digit, carry) used
-    afterwards. `acc` is the result so far (its digits, most significant first): restating it after every column
-    makes the final answer a copy of the last "so far" instead of the written digits gathered in reverse, which a
-    small model learns far sooner. If this is the pad's slip column, the value is off by one; with slip "fix"
-    the slip is caught and redone."""
-    def write(ph, val):
-        d, c = out_of(val)
-        return ph["write"].format(d) + (ph[word].format(c) if c else "") + ph["sofar"].format(f"{d}{acc}"), d, c
-
-    ph, col = pad.ph, pad.ncol
-    pad.ncol += 1
-    head = f"{ph['cols'][min(i, 4)]}: {pre}{expr}="
-    if col == pad.slip_at:
-        pad.slipped = True
-        bad = v + 1 if v + 1 <= hi and (v - 1 < lo or rng.random() < 0.5) else v - 1
-        w, d, c = write(ph, bad)
-        pad.add(f"{head}{bad}, {w}.")
-        if pad.slip == "wrong":
-            return d, c
-        ph = pad.ph
-        w, d, c = write(ph, v)
-        pad.add(ph["wait"].format(expr, v, bad) + " " + w + ".")
-        return d, c
-    w, d, c = write(ph, v)
-    pad.add(f"{head}{v}, {w}.")
-    return d, c
-
-
-def _last_carry(pad, ndig, c, acc):
-    """The column left of the operands takes the final carry: "hundreds: write 1, so far 108."."""
-    pad.add(f"{pad.ph['cols'][min(ndig, 4)]}: {pad.ph['write'].format(c)}{pad.ph['sofar'].format(f'{c}{acc}')}.")
-
-
 def _from_digits(ds) -> int:
     return int("".join(map(str, reversed(ds))))
 
@@ -201,13 +183,47 @@ def _acc(out) -> str:
     return "".join(map(str, reversed(out)))
 
 
+def _column(pad, rng, i, pre, expr, v, out_of, word, acc, inverse, slip_value):
+    """One column "tens: {pre}{expr}={v}, write d [carry c], so far d{acc}." -> (digit, carry) written.
+    With probability P_SLIP the value written is slip_value(v) (a wrong digit fact). In a careful pad the column
+    is then checked: inverse(value) -> (the inverse step, its result, the digit it must give back); a failed
+    check redoes the column with the right value."""
+    def write(ph, val):
+        d, c = out_of(val)
+        return ph["write"].format(d) + (ph[word].format(c) if c else "") + ph["sofar"].format(f"{d}{acc}"), d, c
+
+    ph = pad.ph
+    carry_in = "+1" in expr or "-1" in expr or bool(pre)
+    val = slip_value(v) if rng.random() < P_SLIP["carry" if carry_in else "plain"] else v
+    w, d, c = write(ph, val)
+    pad.add(f"{ph['cols'][min(i, 4)]}: {pre}{expr}={val}, {w}.")
+    if pad.careful:
+        step, got, want = inverse(val)
+        pad.add(ph["check"].format(f"{step}={got}") + " " + (ph["ok"] if got == want else ph["not"].format(want)))
+        if got != want:
+            w, d, c = write(ph, v)
+            pad.add(f"{ph['redo']} {pre}{expr}={v}, {w}.")
+            pad.repaired = True
+    return d, c
+
+
+def _off_by_one(v, hi, rng):
+    return v + 1 if v < hi and (v == 0 or rng.random() < 0.5) else v - 1
+
+
+def _last_carry(pad, ndig, c, acc):
+    """The column left of the operands takes the final carry: "hundreds: write 1, so far 108."."""
+    pad.add(f"{pad.ph['cols'][min(ndig, 4)]}: {pad.ph['write'].format(c)}{pad.ph['sofar'].format(f'{c}{acc}')}.")
+
+
 def _add_pad(pad, rng, a, b) -> int:
     A, B = _digits(a), _digits(b)
     out, c = [], 0
     for i in range(max(len(A), len(B))):
         x, y = (A[i] if i < len(A) else 0), (B[i] if i < len(B) else 0)
-        d, c = _column(pad, rng, i, "", f"{x}+{y}" + ("+1" if c else ""), x + y + c,
-                       lambda v: (v % 10, v // 10), "carry", 0, 19, _acc(out))
+        inverse = lambda val, x=x, y=y, c=c: (f"{val}-{y}" + ("-1" if c else ""), val - y - c, x)   # noqa: E731
+        d, c = _column(pad, rng, i, "", f"{x}+{y}" + ("+1" if c else ""), x + y + c, lambda v: (v % 10, v // 10),
+                       "carry", _acc(out), inverse, lambda v: _off_by_one(v, 19, rng))
         out.append(d)
     if c:
         _last_carry(pad, len(out), c, _acc(out))
@@ -223,10 +239,12 @@ def _sub_pad(pad, rng, a, b) -> int:
         tail = f"-{y}" + ("-1" if br else "")
         v = x - y - br
         if v >= 0:
-            pre, expr, nb = "", f"{x}{tail}", 0
+            pre, expr, nb, top = "", f"{x}{tail}", 0, x
         else:                                               # borrow: "4-5-1<0, 14-5-1=8, write 8 borrow 1."
-            pre, expr, nb, v = f"{x}{tail}<0, ", f"1{x}{tail}", 1, v + 10
-        d, _ = _column(pad, rng, i, pre, expr, v, lambda v, nb=nb: (v, nb), "borrow", 0, 9, _acc(out))
+            pre, expr, nb, v, top = f"{x}{tail}<0, ", f"1{x}{tail}", 1, v + 10, 10 + x
+        inverse = lambda val, y=y, br=br, top=top: (f"{val}+{y}" + ("+1" if br else ""), val + y + br, top)  # noqa
+        d, _ = _column(pad, rng, i, pre, expr, v, lambda v, nb=nb: (v, nb), "borrow", _acc(out), inverse,
+                       lambda v: _off_by_one(v, 9, rng))
         out.append(d)
         br = nb
     return _from_digits(out)
@@ -236,8 +254,16 @@ def _mul1_pad(pad, rng, a, m) -> int:
     out, c = [], 0
     for i, x in enumerate(_digits(a)):
         p = x * m
-        pre, expr, v = (f"{x}*{m}={p}, ", f"{p}+{c}", p + c) if c else ("", f"{x}*{m}", p)
-        d, c = _column(pad, rng, i, pre, expr, v, lambda v: (v % 10, v // 10), "carry", 0, 89, _acc(out))
+        if c:       # "2*8=16, 16+4=20": the check undoes the carry (20-4=16), a slip is off by one
+            pre, expr, v = f"{x}*{m}={p}, ", f"{p}+{c}", p + c
+            inverse = lambda val, c=c, p=p: (f"{val}-{c}", val - c, p)                       # noqa: E731
+            slip = lambda v: _off_by_one(v, 89, rng)                                          # noqa: E731
+        else:       # "7*8=56": the check divides (56/8=7), a slip is a neighbour in the table (48 or 64)
+            pre, expr, v = "", f"{x}*{m}", p
+            inverse = (lambda val, x=x: (f"{val}/{m}", val // m, x)) if m > 1 else \
+                (lambda val, x=x: (f"{x}*{m}", x * m, val))                      # x*0, x*1: checked by redoing
+            slip = lambda v: v + m if v + m <= 9 * m and (v == 0 or rng.random() < 0.5) else v - m   # noqa: E731
+        d, c = _column(pad, rng, i, pre, expr, v, lambda v: (v % 10, v // 10), "carry", _acc(out), inverse, slip)
         out.append(d)
     if c:
         _last_carry(pad, len(out), c, _acc(out))
@@ -246,8 +272,10 @@ def _mul1_pad(pad, rng, a, m) -> int:
 
 
 def _arith_scratch(pad, rng, t) -> str:
-    """Digit-by-digit working from the right; returns the final answer as written (wrong after a slip)."""
+    """The problem restated ("87-43."), then digit-by-digit working from the right; returns the final answer as
+    written (wrong after a kept slip)."""
     a, b, op = t["a"], t["b"], t["op"]
+    pad.add(f"{a}{op}{b}.")
     if op == "+":
         res = _add_pad(pad, rng, a, b)
     elif op == "-":
@@ -268,25 +296,6 @@ def _arith_scratch(pad, rng, t) -> str:
     return str(res)
 
 
-def _arith_columns(t) -> int:
-    a, b, op = t["a"], t["b"], t["op"]
-    if op == "*" and b >= 10:
-        return 2 * len(str(a)) + len(str(a * b))
-    return len(str(max(a, b)))
-
-
-def _arith_verify(t, ans):
-    """"check: 405-58=347" for 347+58=405, only if the inverse problem is a training problem (no eval leaks)."""
-    a, b, op = t["a"], t["b"], t["op"]
-    if op == "+" and split_of(_arith_canon("-", int(ans), b)) == "train":
-        return f"{ans}-{b}={a}"
-    if op == "-" and split_of(_arith_canon("+", int(ans), b)) == "train":
-        return f"{ans}+{b}={a}"
-    if op == "*":
-        return f"{ans}/{b}={a}"
-    return None
-
-
 def _near_miss(ans: str, rng) -> str:
     """A plausible wrong number: one digit changed, or off by one in some column (a dropped carry)."""
     n = int(ans)
@@ -302,98 +311,173 @@ def _near_miss(ans: str, rng) -> str:
 
 
 # ============================================================================================= countdown
-# Difficulty 1: three numbers, 2: four numbers; each in 1..15; the target (2..99) is the value of a random
-# expression over all of them whose every step is a positive integer (so a written search can reach it).
-OPS = "+++++----***//"                                      # weights: + 5, - 4, * 3, / 2
+# Reach a target with every given number once and + - * /. Level 1: three numbers in 1..CD_MAX; level 2: four.
+# A worked solution is a written depth-first search (cd_search): the pairs in the order the prompt gives the
+# numbers, each pair's moves in a fixed order (x+y, x*y, big-small, big/small), then toward the target with the
+# remaining numbers (a closeness heuristic: below the target add or multiply, at or above it subtract or divide).
+# Every try is computed and compared with the target ("try 3*5=15, 15+7=22, need 24, no."). A search gives up after
+# each failed try with probability P_QUIT (a budget: "so maybe (3*5)+7." is then a wrong answer), so how long the
+# model searches decides whether it gets there. A careful search (P_CD_CHECK) checks a hit by the inverse
+# operation; a search may claim a hit it did not compute (writing the target for a step's value, the slip a
+# small model makes): the check catches it ("check: 24-7=17, not 15. wait, 15+7=22, need 24, no.") and the search
+# goes on; unchecked, the false hit is the (wrong) answer.
+# The target is a value the search reaches, drawn with weight 1 / (1 + p)^3 where p counts the fixed patterns
+# (_cd_patterns) that also reach it, and never the sum or the product of all the numbers nor big*mid-small: no
+# pattern a policy could apply without searching solves more than ~10% of the problems.
+CD_NUMS = {1: 3, 2: 4}   # how many numbers a problem gives
+CD_MAX = 9            # the numbers are 1..CD_MAX: every first move is a fact of the times table
+P_QUIT = 0.3          # after each failed try, the written search gives up with this probability
+P_CD_CHECK = 0.5      # share of careful searches: a claimed hit is checked by the inverse operation
+P_FALSE_HIT = 0.15    # share of searches that claim a hit they did not compute (at a random failed try)
 
 
-class _Combo:
-    __slots__ = ("steps", "value", "expr")
+def _op(x, o, y):
+    """x o y for positive integers, or None when the step is not a positive integer (or an input is None)."""
+    if x is None or y is None:
+        return None
+    if o == "/":
+        return x // y if y and x % y == 0 else None
+    v = x + y if o == "+" else x - y if o == "-" else x * y
+    return v if v > 0 else None
 
-    def __init__(self, steps, value, expr):
-        self.steps, self.value, self.expr = steps, value, expr
+
+def _cd_first(x, y):
+    """The moves on a pair, in the order the search tries them: x+y, x*y (times table only), big-small, big/small."""
+    hi, lo = max(x, y), min(x, y)
+    moves = [(f"{x}+{y}", "+", x + y)]
+    if x <= 9 and y <= 9:
+        moves.append((f"{x}*{y}", "*", x * y))
+    if hi > lo:
+        moves.append((f"{hi}-{lo}", "-", hi - lo))
+    if lo > 1 and hi % lo == 0:
+        moves.append((f"{hi}/{lo}", "/", hi // lo))
+    return moves
 
 
-def _combine(nums, rng):
-    """Combine all numbers pairwise in random order with random ops -> _Combo, or None if a step would not be a
-    positive integer. steps = [("3*5", 15), ("15+7", 22)]; expr renders the tree with minimal parentheses."""
-    items = [(n, str(n), 3) for n in nums]                  # (value, expression, precedence: 1 +-, 2 */, 3 atom)
-    steps = []
-    while len(items) > 1:
-        i, j = rand_index(rng, len(items)), rand_index(rng, len(items) - 1)
-        j += j >= i                                         # two distinct positions
-        (x, ex, px), (y, ey, py) = items[i], items[j]
-        items = [it for k, it in enumerate(items) if k not in (i, j)]
-        op = rand_choice(rng, OPS)
-        if op in "-/" and (x < y if op == "-" else y == 0 or x % y):
-            (x, ex, px), (y, ey, py) = (y, ey, py), (x, ex, px)
-        if op == "+":
-            v, e, p = x + y, f"{ex}+{ey}", 1
-        elif op == "-":
-            v, e, p = x - y, f"{ex}-" + (f"({ey})" if py == 1 else ey), 1
-        elif op == "*":
-            v, p = x * y, 2
-            e = (f"({ex})" if px == 1 else ex) + "*" + (f"({ey})" if py == 1 else ey)
-        else:
-            if y == 0 or x % y:
-                return None
-            v, p = x // y, 2
-            e = (f"({ex})" if px == 1 else ex) + "/" + (f"({ey})" if py <= 2 else ey)
-        if v <= 0:
-            return None
-        steps.append((f"{x}{op}{y}", v))
-        items.insert(0, (v, e, p))
-    return _Combo(steps, items[0][0], items[0][1])
+def _cd_toward(v, r, t):
+    """The moves from v with r that head toward t: below it + and a times-table *, at or above it a positive - and
+    an exact /; when there is none, v+r."""
+    if v < t:
+        return [(f"{v}+{r}", "+", v + r)] + ([(f"{v}*{r}", "*", v * r)] if v <= 9 and r <= 9 else [])
+    moves = ([(f"{v}-{r}", "-", v - r)] if v > r else []) + ([(f"{v}/{r}", "/", v // r)] if v % r == 0 else [])
+    return moves or [(f"{v}+{r}", "+", v + r)]
+
+
+def cd_search(nums, t) -> list:
+    """The written search for target t: a list of tries (steps [(expr, value)], answer expression, hit, group),
+    group = (the pair, then the numbers left). Middle steps (four numbers) take the move closest to t; the last
+    step writes each move toward t until one hits."""
+    tries, n = [], len(nums)
+    for i in range(n):
+        for j in range(i + 1, n):
+            rest = [nums[k] for k in range(n) if k not in (i, j)]
+            for e1, _, v in _cd_first(nums[i], nums[j]):
+                steps, expr = [(e1, v)], f"({e1})"
+                for r in rest[:-1]:
+                    e, op, v = min(_cd_toward(v, r, t), key=lambda m: abs(m[2] - t))
+                    steps.append((e, v))
+                    expr = f"({expr}{op}{r})"
+                for e, op, w in _cd_toward(v, rest[-1], t):
+                    steps.append((e, w))
+                    if w == t:
+                        break
+                tries.append((steps, f"{expr}{op}{rest[-1]}", steps[-1][1] == t, (nums[i], nums[j], *rest)))
+    return tries
+
+
+@functools.lru_cache(maxsize=None)
+def _cd_patterns(nums: tuple) -> Counter:
+    """value -> how many fixed patterns reach it. A pattern is what a policy could apply without searching: the
+    numbers in the given, ascending or descending order, folded from the left or from the right, with one
+    sequence of operations (96 patterns for three numbers)."""
+    vals = Counter()
+    for xs in (nums, tuple(sorted(nums)), tuple(sorted(nums, reverse=True))):
+        for ops in itertools.product("+-*/", repeat=len(xs) - 1):
+            left, right = xs[0], xs[-1]
+            for x, o in zip(xs[1:], ops):
+                left = _op(left, o, x)
+            for x, o in zip(xs[-2::-1], ops[::-1]):
+                right = _op(x, o, right)
+            vals.update(v for v in (left, right) if v is not None)
+    return vals
+
+
+@functools.lru_cache(maxsize=None)
+def _cd_targets(nums: tuple) -> dict:
+    """target -> index of the search's first hit, for every target in 2..99 the search reaches (except the sum
+    and the product of all numbers, a number itself, and big*mid-small)."""
+    s = sorted(nums)
+    excluded = {sum(nums), math.prod(nums), s[-1] * s[-2] - s[0], *nums}
+    values = {v for t in (1, 50, 1000) for steps, *_ in cd_search(list(nums), t) for _, v in steps}
+    out = {}
+    for t in sorted(values):
+        if 2 <= t <= 99 and t not in excluded:
+            k = next((i for i, tr in enumerate(cd_search(list(nums), t)) if tr[2]), None)
+            if k is not None:
+                out[t] = k
+    return out
 
 
 def countdown_task(rng, difficulty, lang):
-    k = 3 if difficulty == 1 else 4
     while True:
-        nums = [rand_int(rng, 1, 15) for _ in range(k)]
-        c = _combine(nums, rng)
-        if c is not None and 2 <= c.value <= 99 and c.value not in nums:
+        nums = [rand_int(rng, 1, CD_MAX) for _ in range(CD_NUMS[difficulty])]
+        targets = _cd_targets(tuple(nums))
+        if targets:
             break
+    patterns = _cd_patterns(tuple(nums))
+    t = pick(rng, {x: 1 / (1 + patterns[x]) ** 3 for x in targets})
     nums_s = ", ".join(map(str, nums))
-    return {"task": "countdown", "prompt": rand_choice(rng, COUNTDOWN_PROMPTS[lang]).format(nums=nums_s, t=c.value),
-            "answer": c.expr, "lang": lang, "difficulty": difficulty,
-            "canon": f"countdown:{','.join(map(str, sorted(nums)))}:{c.value}", "nums": nums, "target": c.value,
-            "steps": c.steps}
+    return {"task": "countdown", "prompt": rand_choice(rng, COUNTDOWN_PROMPTS[lang]).format(nums=nums_s, t=t),
+            "answer": cd_search(nums, t)[targets[t]][1], "lang": lang, "difficulty": difficulty,
+            "canon": f"countdown:{','.join(map(str, sorted(nums)))}:{t}", "nums": nums, "target": t,
+            "hit_at": targets[t]}
 
 
-def _dead_end(t, rng):
-    for _ in range(30):
-        c = _combine(t["nums"], rng)
-        if c is not None and c.value != t["target"]:
-            return c
-    return None
-
-
-def _steps_text(steps) -> str:
-    return ", ".join(f"{l}={v}" for l, v in steps)
+def _inverse(expr: str, value: int):
+    """"15+9", 24 -> ("24-9", 15, 15): a step checked by its inverse -> (inverse step, its result, what it must
+    give back); the result is None when the inverse is not exact."""
+    a, op, b = re.fullmatch(r"(\d+)([-+*/])(\d+)", expr).groups()
+    a, b = int(a), int(b)
+    inv = {"+": "-", "-": "+", "*": "/", "/": "*"}[op]
+    return f"{value}{inv}{b}", _op(value, inv, b), a
 
 
 def _countdown_scratch(pad, rng, t) -> str:
-    """A written search: a few dead ends ("try 3+5=8, 8+7=15. no."), then the solution ("... yes.")."""
-    target = t["target"]
-    for _ in range(rand_choice(rng, (0, 1, 1, 2, 2, 3) if len(t["nums"]) == 3 else (0, 1, 2, 2, 3, 4))):
-        c = _dead_end(t, rng)
-        if c is not None:
-            pad.add(f"{pad.ph['try']} {_steps_text(c.steps)}. {pad.ph['no']}")
-    if pad.slip is not None:                                # a miscounted last step that "hits" the target
-        c = _dead_end(t, rng)
-        if c is not None:
-            pad.slipped = True
-            lhs, true = c.steps[-1]
-            claimed = f"{pad.ph['try']} {_steps_text(c.steps[:-1] + [(lhs, target)])}."
-            if pad.slip == "wrong":
-                pad.add(f"{claimed} {pad.ph['yes']}")
-                pad.add(pad.ph["so"].format(f"{c.expr}={target}"))
-                return c.expr
-            pad.add(claimed)
-            pad.add(pad.ph["wait"].format(lhs, true, target) + " " + pad.ph["no"])
-    pad.add(f"{pad.ph['try']} {_steps_text(t['steps'])}. {pad.ph['yes']}")
-    pad.add(pad.ph["so"].format(f"{t['answer']}={target}"))
-    return t["answer"]
+    """The search written out: the numbers and the target restated ("2, 7, 3 -> 17."), then, pair by pair ("2 and 7,
+    then 3:"), tries until a (checked) hit, or until it gives up; returns the answer written. Every number a try
+    needs stands a few tokens before it, and each try ends by restating the target next to the values it compares
+    ("9+3=12, 9*3=27, need 17, no."): what a small model cannot do over long distances, it does not have to."""
+    target, tries = t["target"], cd_search(t["nums"], t["target"])
+    careful = rng.random() < P_CD_CHECK
+    false_at = rand_index(rng, len(tries)) if rng.random() < P_FALSE_HIT else -1
+    pad.add(f"{', '.join(map(str, t['nums']))} -> {target}.")
+    best, group = None, None                                # (distance to the target, expression) of the closest try
+    for i, (steps, expr, hit, pair_rest) in enumerate(tries):
+        if pair_rest != group:                              # a new pair: name it and what is left ("6 and 8, then 6:")
+            group = pair_rest
+            pad.add(pad.ph["group"].format(*group[:2], ", ".join(map(str, group[2:]))))
+        e, v = steps[-1]
+        claimed = i == false_at and not hit
+        body = ", ".join(f"{x}={y}" for x, y in steps[:-1] + [(e, target if claimed else v)])
+        pad.add(f"{pad.ph['try']} {body}, {pad.ph['need'].format(target)} " +
+                (pad.ph["yes"] if hit or claimed else pad.ph["no"]))
+        if hit or claimed:
+            step, got, want = _inverse(e, target)
+            if careful and got is not None:
+                pad.add(pad.ph["check"].format(f"{step}={got}") + " " +
+                        (pad.ph["ok"] if got == want else pad.ph["not"].format(want)))
+            if claimed and careful and got is not None:
+                pad.add(f"{pad.ph['wait'].format(f'{e}={v}')} {pad.ph['need'].format(target)} {pad.ph['no']}")
+                pad.repaired = True
+            else:
+                pad.add(pad.ph["so"].format(f"{expr}={target}"))
+                return expr
+        if best is None or abs(v - target) < best[0]:
+            best = (abs(v - target), expr)
+        if rng.random() < P_QUIT:
+            break
+    pad.add(pad.ph["maybe"].format(best[1]))
+    return best[1]
 
 
 # ================================================================================================== code
@@ -571,58 +655,58 @@ def _code_scratch(pad, rng, t) -> str:
     if pad.slip is not None:
         diff = [x for x in t["_inputs"] if s["fn"](x) != s["wfn"](x)]
         if diff:
-            pad.slipped = True
             x = rand_choice(rng, diff)
             call = f"{s['entry']}({x!r})"
             pad.add(pad.ph["code_first"].format(s["wrong"]))
             if pad.slip == "wrong":
                 return f"def {s['entry']}({s['arg']}):\n    return {s['wrong']}"
             pad.add(pad.ph["code_wait"].format(call, repr(s["fn"](x)), repr(s["wfn"](x)), s["expr"]))
+            pad.repaired = True
             return t["answer"]
     pad.add(pad.ph["code_check"].format(call, repr(s["fn"](x))))
     return t["answer"]
 
 
 # ============================================================================ worked solutions and direct answers
-P_WRONG, P_FIXED, P_VERIFY, P_DIRECT_WRONG = 0.10, 0.15, 0.25, 0.20
+P_CODE_SLIP = {"wrong": 0.10, "fixed": 0.15}    # code: a wrong first body, kept or caught by running a test
+# A direct answer is right about as often as a small model answers without working: rarely once the problem has
+# more than a couple of columns or a search behind it.
+P_DIRECT_RIGHT = {"arith": {1: 0.35, 2: 0.12, 3: 0.04, 4: 0.02}, "countdown": {1: 0.08, 2: 0.04},
+                  "code": {1: 0.8, 2: 0.8}}
 
 
 def worked_solution(t, rng):
-    """A worked solution -> (scratchpad text, final answer as written, meta). Quality: 10% a slip left wrong,
-    15% a slip caught by a self-check, else clean (a quarter of those verify the answer)."""
+    """A worked solution of reasoning task t -> (scratchpad text, final answer as written, meta). meta: quality
+    ("clean" | "repaired": a check caught a slip and the answer changed | "wrong"), correct, careful, mixed."""
     switch = rand_int(rng, 1, 2) if rng.random() < MIX_FRAC else None
     pad = _Pad(t["lang"], switch)
-    r = rng.random()
-    quality = "wrong" if r < P_WRONG else "fixed" if r < P_WRONG + P_FIXED else "clean"
-    if quality != "clean":
-        pad.slip = quality
-        pad.slip_at = rand_index(rng, _arith_columns(t)) if t["task"] == "arith" else 0
+    pad.careful = rng.random() < (P_CD_CHECK if t["task"] == "countdown" else P_CAREFUL)
+    if t["task"] == "code":
+        pad.slip = pick(rng, {**P_CODE_SLIP, None: 1 - sum(P_CODE_SLIP.values())})
     ans = {"arith": _arith_scratch, "countdown": _countdown_scratch, "code": _code_scratch}[t["task"]](pad, rng, t)
-    correct = ans == t["answer"]
-    if not correct:
-        quality = "wrong"
-    elif not pad.slipped:
-        quality = "clean"                                   # the slip column did not exist: a clean solution
-        if rng.random() < P_VERIFY:
-            v = (_arith_verify(t, ans) if t["task"] == "arith" else
-                 _steps_text(t["steps"]) if t["task"] == "countdown" else None)
-            if v:
-                pad.add(pad.ph["check"].format(v))
-                quality = "verified"
-    meta = {"quality": quality, "correct": correct, "mixed": pad.mixed,
+    correct = countdown_ok(ans, t["nums"], t["target"]) if t["task"] == "countdown" else ans == t["answer"]
+    quality = "wrong" if not correct else "repaired" if pad.repaired else "clean"
+    meta = {"quality": quality, "correct": correct, "careful": pad.careful, "mixed": pad.mixed,
             "end_lang": "zh" if pad.ph is PH["zh"] else "en"}
     return pad.text(), ans, meta
 
 
+def countdown_ok(expr: str, nums, target) -> bool:
+    """Whether one of our own countdown expressions (never model output: rewards.countdown_correct judges those)
+    uses each number once and reaches the target."""
+    value = eval(expr, {"__builtins__": {}})                # our generator's "(3*5)+7": digits, + - * / ( )
+    return value == target and sorted(int(x) for x in re.findall(r"\d+", expr)) == sorted(nums)
+
+
 def direct_answer(t, rng):
-    """A direct answer, right 80% of the time (the text is right; a tiny model still cannot learn hard ones)."""
-    if rng.random() >= P_DIRECT_WRONG:
+    """A direct answer -> (answer, right?), right with probability P_DIRECT_RIGHT (a plausible wrong one else)."""
+    if rng.random() < P_DIRECT_RIGHT[t["task"]][t["difficulty"]]:
         return t["answer"], True
     if t["task"] == "arith":
         return _near_miss(t["answer"], rng), False
     if t["task"] == "countdown":
-        c = _dead_end(t, rng)
-        return (c.expr, False) if c is not None else (t["answer"], True)
+        misses = [expr for _, expr, hit, _ in cd_search(t["nums"], t["target"]) if not hit]
+        return (rand_choice(rng, misses), False) if misses else (t["answer"], True)
     s = t["_spec"]
     return f"def {s['entry']}({s['arg']}):\n    return {s['wrong']}", False
 
@@ -640,4 +724,3 @@ def answer_is(t, ans, lang) -> str:
     if t["task"] == "code":
         return PH[lang]["code_is"] + "\n" + ans
     return PH[lang]["answer_is"].format(ans)
-

@@ -34,11 +34,12 @@ import reward_model
 import sft
 import toychat
 from common import (barrier, build_model_from_checkpoint, cleanup_distributed, load_checkpoint, plot_stage, print0,
-                    read_json, read_jsonl, read_metrics, save_model, setup_distributed, wrap_model, write_jsonl)
+                    read_json, read_jsonl, read_metrics, release_memory, save_model, setup_distributed, wrap_model,
+                    write_jsonl)
 from config import ROOT, apply_overrides, check_values, load_config, resolve, section_config
-from eval import FORMATS, REFLECTIVE, eval_general, run_eval
+from eval import FORMATS, REFLECTIVE, effective_reflection, eval_general, run_eval
 from model import ModelArgs, Transformer
-from report import write_report
+from report import rl_figures, write_report
 from rewards import accuracy_reward, cold_start_format_reward, format_reward, language_reward
 from tokenizer import get_tokenizer
 
@@ -111,12 +112,15 @@ def rm_paths(cfg):
     return [os.path.join(stage_dir(cfg, p), "model.pt") for p in products(cfg, "reward_models")]
 
 
-def write_eval(cfg, stage, results, samples, dist):
+def write_eval(cfg, stage, results, samples, dist, questions=None):
+    """eval.json (set -> metrics), eval_questions.jsonl (per-question results, for paired comparisons), samples."""
     if not dist.is_main:
         return
     d = stage_dir(cfg, stage)
     with open(os.path.join(d, "eval.json"), "w") as f:
         json.dump(results, f, indent=2)
+    if questions is not None:
+        write_jsonl(os.path.join(d, "eval_questions.jsonl"), questions)
     with open(os.path.join(d, "samples.jsonl"), "a") as f:
         for s in samples:
             f.write(json.dumps(s, ensure_ascii=False) + "\n")
@@ -158,10 +162,10 @@ def train_tasks(cfg, section: dict) -> list:
 
 def final_eval(model, tok, cfg, stage, fmt, dist):
     """The stage model's held-out evaluation (eval.py) -> eval.json, samples.jsonl, report.md."""
-    results, samples = run_eval(model, tok, cfg, dist, fmt)
+    results, samples, questions = run_eval(model, tok, cfg, dist, fmt)
     results.update(eval_general(model, tok, cfg, dist, rm_paths(cfg)))
     print0(f"[{stage}] " + json.dumps(results))
-    write_eval(cfg, stage, results, samples, dist)
+    write_eval(cfg, stage, results, samples, dist, questions)
 
 
 def sft_stage(cfg, stage, init, records, section, args, dist, fmt="chat"):
@@ -196,21 +200,25 @@ def grpo_stage(cfg, stage, init, section, reward, tasks, args, dist, fmt="chat")
     ref = load_stage_model(cfg, init, dist.device).eval().requires_grad_(False) if gcfg.beta > 0 else None
     opt = grpo.make_optimizer(policy, gcfg)
     d = stage_dir(cfg, stage)
+    final = {}
+
+    def final_evaluate(m):      # the whole held-out set after the last step (in between: eval.n_during questions)
+        res, samples, final["questions"] = run_eval(m, tok, cfg, dist, fmt)
+        return res, samples
     results = grpo.train(policy, ref, opt, tasks, reward, tok, gcfg, d, dist, steps=section["steps"],
-                         eval_every=section["eval_every"], evaluate=lambda m: run_eval(m, tok, cfg, dist, fmt),
-                         prompt_fn=FORMATS[fmt][0], resume=args.resume, ckpt_every=cfg.get("ckpt_every", 10),
-                         count_words=REFLECTIVE, extra_ckpt={"config": cfg})
+                         eval_every=section["eval_every"], final_evaluate=final_evaluate,
+                         evaluate=lambda m: run_eval(m, tok, cfg, dist, fmt, during=True)[:2], prompt_fn=FORMATS[fmt][0], resume=args.resume,
+                         ckpt_every=cfg.get("ckpt_every", 10), count_words=REFLECTIVE,
+                         text_flags={"reflect_eff": effective_reflection}, extra_ckpt={"config": cfg})
     results.update(eval_general(policy, tok, cfg, dist, rm_paths(cfg)))
     save_stage_model(policy, cfg, stage, section["steps"], tok, dist)
     if dist.is_main:
         sets = cfg["eval"]["sets"]
-        plot_stage(d, [f"eval_{s}_pass@1" for s in sets] + [f"eval_{s}_format" for s in sets], "eval_accuracy.png")
-        plot_stage(d, ["response_length"] + [f"eval_{s}_length" for s in sets], "response_length.png")
-        plot_stage(d, ["words"] + [f"eval_{s}_reflect" for s in sets], "reflective_words.png")
+        rl_figures(d, sets, cfg["eval"]["k"])
         plot_stage(d, ["reward", "accuracy", "format", "kl", "clip_low", "clip_high", "entropy"], "training.png")
         plot_stage(d, list(reward), "reward_parts.png")
         plot_stage(d, [f"eval_{x}_{k}" for x in sets for k in ("mixed", "language")], "language.png")
-    write_eval(cfg, stage, results, [], dist)
+    write_eval(cfg, stage, results, [], dist, final["questions"])
 
 
 def wrap(model, cfg, dist):
@@ -219,12 +227,13 @@ def wrap(model, cfg, dist):
 
 
 def only(kinds, f):
-    """Reward f on the rows whose task is one of `kinds`, 0 on the others: one scenario's reward in a batch that
-    mixes reasoning and general prompts (all_rl)."""
+    """Reward f on the rows whose task is one of `kinds`, NaN ("does not apply": adds nothing to the reward, left
+    out of its logged mean) on the others: one scenario's reward in a batch that mixes reasoning and general
+    prompts (all_rl)."""
     def g(prompts, completions, task=None, **cols):
         n = len(completions)
         idx = [i for i in range(n) if task[i] in kinds]
-        out = [0.0] * n
+        out = [math.nan] * n
         if idx:
             sub = {k: ([v[i] for i in idx] if isinstance(v, list) and len(v) == n else v) for k, v in cols.items()}
             for i, r in zip(idx, f([prompts[i] for i in idx], [completions[i] for i in idx],
@@ -449,6 +458,7 @@ def stage_all(cfg, args, dist):
         barrier(dist)
         print0(f"[all] {stage}")
         STAGE_FNS[stage](cfg, argparse.Namespace(**{**vars(args), "resume": not args.force}), dist)
+        release_memory()
     backfill_general(cfg, dist)
 
 

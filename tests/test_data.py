@@ -4,7 +4,6 @@
 """
 import os
 import re
-import time
 from collections import Counter
 
 import pytest
@@ -88,34 +87,32 @@ def test_corpus_composition_and_format_rate(corpus):
 
 def test_corpus_quality_mix_and_language_mixing(corpus):
     docs, metas = corpus
-    pads = [m for m in metas if m.get("quality") in ("clean", "verified", "wrong", "fixed")]
+    pads = [m for m in metas if m.get("quality") in ("clean", "repaired", "wrong")]
     q = Counter(m["quality"] for m in pads)
-    assert 0.06 < q["wrong"] / len(pads) < 0.15
-    assert 0.10 < q["fixed"] / len(pads) < 0.20
-    assert q["verified"] > 0.05 * len(pads)
+    assert 0.15 < q["wrong"] / len(pads) < 0.6            # searches that gave up, slips kept by hasty pads
+    assert q["repaired"] > 0.01 * len(pads)               # checks that caught a slip
     assert all(m["correct"] == (m["quality"] != "wrong") for m in pads)
     direct = [m for m in metas if m.get("quality") in ("direct_ok", "direct_wrong")]
-    assert 0.12 < sum(m["quality"] == "direct_wrong" for m in direct) / len(direct) < 0.28
+    assert 0.6 < sum(m["quality"] == "direct_wrong" for m in direct) / len(direct) < 0.95
     text = "\n".join(docs)
-    assert "wait, check:" in text and "等等, 检查:" in text and "check: " in text
+    assert "wait, redo:" in text and "等等, 重算:" in text and "check: " in text and "so maybe" in text
     # language mixing, judged from the text: a reasoning completion with both Chinese and English words
     mixed = []
     for d, m in zip(docs, metas):
-        if m["kind"] == "r1zero" and m["task"] != "code" and m.get("quality") in ("clean", "verified", "wrong",
-                                                                                   "fixed"):
+        if m["kind"] == "r1zero" and m["task"] != "code" and m.get("quality") in ("clean", "repaired", "wrong"):
             c = re.sub(r"</?(think|answer)>", "", completion_of(d))
             mixed.append(bool(re.search(r"[a-zA-Z]{2,}", c)) and any(map(tokenizer.is_cjk, c)))
-    assert 0.10 < sum(mixed) / len(mixed) < 0.30
+    assert 0.05 < sum(mixed) / len(mixed) < 0.25
     zh_docs = sum(m.get("lang") == "zh" for m in metas) / len(metas)
-    assert 0.15 < zh_docs < 0.35
+    assert 0.08 < zh_docs < 0.25
 
 
 def test_corpus_arithmetic_is_true_in_correct_solutions(corpus):
-    # every equation in a clean or verified solution, and in a drill, is true: the model learns from these
+    # every equation in a clean solution, and in a drill, is true: the model learns from these
     docs, metas = corpus
     n = 0
     for d, m in zip(docs, metas):
-        if m.get("quality") in ("clean", "verified") or m["kind"] == "drill":
+        if m.get("quality") == "clean" or m["kind"] == "drill":
             body = completion_of(d) if "Assistant:" in d else d
             body = body.split("<|assistant|>")[-1]
             for lhs, rhs in re.findall(r"([\d+\-*/()]*\d\)?)=(\d+)", body):
@@ -135,7 +132,7 @@ def test_running_result_is_the_written_digits(corpus):
     docs, metas = corpus
     n = 0
     for d, m in zip(docs, metas):
-        if m.get("task") != "arith" or m.get("quality") not in ("clean", "verified") or "Assistant:" not in d:
+        if m.get("task") != "arith" or m.get("quality") != "clean" or "Assistant:" not in d:
             continue
         body = completion_of(d)
         digits = ""
@@ -157,11 +154,9 @@ def test_corpus_difficulty_filter():
     assert everything == {("arith", lv) for lv in toyworld.ARITH_LEVELS}
 
 
-def test_corpus_is_fast():
-    t0 = time.perf_counter()
-    docs = data.pretrain_corpus(20000, seed=3)
-    assert len(docs) == 20000
-    assert time.perf_counter() - t0 < 10.0                   # ~1 s on one idle core; 100k docs in a few seconds
+def test_corpus_is_deterministic_per_seed():
+    a, b = data.pretrain_corpus(2000, seed=3), data.pretrain_corpus(2000, seed=3)
+    assert len(a) == 2000 and a == b and a != data.pretrain_corpus(2000, seed=4)
 
 
 # ----------------------------------------------------------------------------------------------- load_jsonl

@@ -7,12 +7,14 @@ killed SFT stage from its cached data) and finished stages are skipped (`--force
 without its input names the missing stage and the command that builds it; the students are dense; the report has
 a row per model; the all-scenario reward masks the other scenario.
 """
+import math
 import os
 
 import pytest
 
 import data
 import distill
+import grpo
 import sft
 import tokenizer
 import train_pipeline as tp
@@ -31,8 +33,16 @@ def run(stage, runs, name="t", *extra):
 
 
 def test_only_masks_other_scenarios():
-    f = tp.only(("general",), lambda prompts, completions, **c: [1.0] * len(completions))
-    assert f(["a", "b", "c"], ["x", "y", "z"], task=["arith", "general", "safety"]) == [0.0, 1.0, 0.0]
+    """A scenario's reward is NaN ("does not apply") on the other rows: it adds 0 to their reward, and the logged
+    mean of each part is taken over the rows it applies to (no part drops because the other scenario joined)."""
+    f = tp.only(("general",), lambda prompts, completions, **c: [0.5] * len(completions))
+    out = f(["a", "b", "c"], ["x", "y", "z"], task=["arith", "general", "safety"])
+    assert math.isnan(out[0]) and out[1] == 0.5 and math.isnan(out[2])
+    fmt = tp.only(("arith",), lambda prompts, completions, **c: [1.0] * len(completions))
+    total, parts = grpo.score({"helpful": (f, 1.0), "format": (fmt, 1.0)}, ["a", "b", "c"], ["x", "y", "z"],
+                              {"task": ["arith", "general", "safety"]})
+    assert total.tolist() == [1.0, 0.5, 0.0]
+    assert parts["helpful"].nansum() / (~parts["helpful"].isnan()).sum() == 0.5
 
 
 # ========================================================================================= the pipeline
@@ -55,7 +65,6 @@ def test_students_must_be_dense():
 
 
 def test_all_stages_end_to_end_kill_resume_skip_force(tmp_path, monkeypatch, capsys):
-    import grpo
     runs = tmp_path / "runs"
     d = runs / "t"
 
