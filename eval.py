@@ -262,7 +262,7 @@ def main(argv=None):
         work = "  ".join(f"{b}: {acc:.3f} ({cnt})" for b, (cnt, acc) in r["by_work"].items())
         print(f"{kind}: free {r['free']:.3f}  forced direct {r['direct']:.3f}  forced worked {r['worked']:.3f}")
         print(f"  accuracy by {'tries' if kind == 'countdown' else 'checks'} written: {work}")
-    print(f"wrote {path}")
+    print(f"wrote {path} (`python train_pipeline.py --stage report --config NAME` puts it into report.md)")
 
 
 if __name__ == "__main__":

@@ -37,18 +37,18 @@ def write_report(cfg: dict, run: str, products: list):
              "| model | " + " | ".join(name for name, _ in cols) + " |", "|---|" + "---|" * len(cols)]
     for p, res in rows:
         lines.append(f"| {row_name(p)} | " + " | ".join(_fmt(get(res)) for _, get in cols) + " |")
-    lines += ["", "## Reward models (R1 §2.3.4)", "", "| reward model | trained on | held-out accuracy |",
-              "|---|---|---|"]
-    for p, what in (("rm_helpful", "preference pairs, Bradley-Terry; scores the final answer"),
-                    ("rm_safety", "safe/unsafe responses, pointwise; scores the whole response")):
-        r = read_json(os.path.join(run, p, "eval.json"))
-        lines.append(f"| {p} | {what} | {_fmt(r['heldout']['accuracy']) if r else '-'} |")
-    lines += ["", "## SFT data (what the filters kept)", ""]
-    for stage in ("cold_start", "rejection_sft", "distill"):
-        stats = read_json(os.path.join(run, stage, "data.json"))
-        if stats:
-            lines.append(f"- {stage}: " + "; ".join(f"{k}: {json.dumps(v, ensure_ascii=False)}"
-                                                    for k, v in stats.items()))
+    rms = {p: read_json(os.path.join(run, p, "eval.json")) for p in ("rm_helpful", "rm_safety")}
+    if any(rms.values()):                                         # sections of stages the run has not reached
+        lines += ["", "## Reward models (R1 §2.3.4)", "", "| reward model | trained on | held-out accuracy |",
+                  "|---|---|---|"]
+        for p, what in (("rm_helpful", "preference pairs, Bradley-Terry; scores the final answer"),
+                        ("rm_safety", "safe/unsafe responses, pointwise; scores the whole response")):
+            lines.append(f"| {p} | {what} | {_fmt(rms[p]['heldout']['accuracy']) if rms[p] else '-'} |")
+    sft_stats = {st: read_json(os.path.join(run, st, "data.json")) for st in ("cold_start", "rejection_sft", "distill")}
+    if any(sft_stats.values()):
+        lines += ["", "## SFT data (what the filters kept)", ""]
+        lines += [f"- {st}: " + "; ".join(f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in stats.items())
+                  for st, stats in sft_stats.items() if stats]
     comp = read_json(os.path.join(run, "distill", "compute.json"))
     if comp:
         lines += ["", "## Distillation vs RL on the small student (R1 Table 6)", "",

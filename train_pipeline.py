@@ -10,6 +10,7 @@
     python train_pipeline.py --stage distill --config toy                # dense students + RL-only (R1 §2.4)
     python train_pipeline.py --stage all --config toy                    # every stage; skips finished ones,
                                                                          #   resumes a killed run; --force redoes
+    python train_pipeline.py --stage report --config toy                 # rewrite runs/toy/report.md
     torchrun --nproc_per_node=2 train_pipeline.py --stage pretrain --config toy --steps 50
     python train_pipeline.py --stage pretrain --config toy --lr 1e-3 --model.dim 192   # overrides (config.py)
 
@@ -462,14 +463,21 @@ def stage_all(cfg, args, dist):
     backfill_general(cfg, dist)
 
 
+def stage_report(cfg, args, dist):
+    """Rewrite runs/<name>/report.md from what the run holds (after `python eval.py --probe ...`, say)."""
+    if dist.is_main:
+        write_report(cfg, run_dir(cfg), model_products(cfg))
+        print0(f"report: {os.path.join(run_dir(cfg), 'report.md')}")
+
+
 STAGE_FNS = {"pretrain": stage_pretrain, "reward_models": stage_reward_models, "zero": stage_zero,
              "cold_start": stage_cold_start, "reasoning_rl": stage_reasoning_rl, "rejection_sft": stage_rejection_sft,
-             "all_rl": stage_all_rl, "distill": stage_distill, "all": stage_all}
+             "all_rl": stage_all_rl, "distill": stage_distill, "all": stage_all, "report": stage_report}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", required=True, help=f"one of: {', '.join(STAGES)}, all")
+    ap.add_argument("--stage", required=True, help=f"one of: {', '.join(STAGES)}, all, report")
     ap.add_argument("--config", default="toy", help="preset name in configs/ or a JSON path")
     ap.add_argument("--name", default=None, help="run name (default: the config's name)")
     ap.add_argument("--resume", action="store_true", help="continue a killed stage from its last checkpoint")
@@ -478,7 +486,7 @@ def main(argv=None):
     args, rest = ap.parse_known_args(argv)
     if args.stage not in STAGE_FNS:
         raise SystemExit(f"error: unknown stage '{args.stage}'; stages: {', '.join(STAGE_FNS)}")
-    stages = STAGES if args.stage == "all" else [args.stage]
+    stages = STAGES if args.stage == "all" else [] if args.stage == "report" else [args.stage]
     cfg = resolve(apply_overrides(load_config(args.config), args.stage, rest))
     missing = [st for st in stages if st not in cfg]
     if missing:

@@ -134,6 +134,10 @@ def test_all_stages_end_to_end_kill_resume_skip_force(tmp_path, monkeypatch, cap
                 "length", "rm_helpful", "Language mixing, R1-Zero -> Step2"):
         assert col in report, col
 
+    (d / "report.md").unlink()                              # --stage report rewrites it from the run alone
+    run("report", runs)
+    assert (d / "report.md").read_text() == report
+
     # 4. everything finished: skipped; --force redoes a stage
     run("all", runs)
     assert "[all] distill: finished, skipping" in capsys.readouterr().out
