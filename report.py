@@ -2,6 +2,8 @@
 tables, with what each stage moved, the checks of R1's claims as measured, and the training curves.
 
     python train_pipeline.py --stage all --config toy        # writes runs/toy/report.md as the stages finish
+    python report.py runs/toy_dr/zero runs/toy/zero          # paired changes between two evaluations of the same
+                                                             #   questions (two runs, seeds or settings)
 """
 import json
 import os
@@ -104,6 +106,17 @@ def fmt_change(ch: dict, digits: int = 3) -> str:
             f"[{ch['lo']:+.{digits}f}, {ch['hi']:+.{digits}f}], n = {ch['n']}): {verdict(ch)}")
 
 
+def change_lines(qa: list, qb: list, sets: list) -> list:
+    """Per set and over all of them: pass@1, length and effective reflection from qb (before) to qa (after)."""
+    out = []
+    for subset, label in [([s], s) for s in sets] + [(None, "all reasoning questions")]:
+        for key, name in (("correct", "pass@1"), ("length", "length (tokens)"), ("reflect_eff", "effective reflection")):
+            ch = paired_change(qa, qb, key, subset)
+            if ch is not None:
+                out.append(f"- {label}, {name}: {fmt_change(ch, 1 if key == 'length' else 3)}")
+    return out
+
+
 def changes_section(run: str, cfg: dict, products: list) -> list:
     """Each comparison of COMPARISONS, per set and over all reasoning questions: pass@1, length, effective
     reflection, with paired bootstrap 95% intervals over the held-out questions."""
@@ -112,14 +125,7 @@ def changes_section(run: str, cfg: dict, products: list) -> list:
         qa, qb = _questions(run, after), _questions(run, before)
         if qa is None or qb is None:
             continue
-        out += [f"**{what}.**", ""]
-        for sets, label in [([s], s) for s in cfg["eval"]["sets"]] + [(None, "all reasoning questions")]:
-            for key, name in (("correct", "pass@1"), ("length", "length (tokens)"),
-                              ("reflect_eff", "effective reflection")):
-                ch = paired_change(qa, qb, key, sets)
-                if ch is not None:
-                    out.append(f"- {label}, {name}: {fmt_change(ch, 1 if key == 'length' else 3)}")
-        out.append("")
+        out += [f"**{what}.**", ""] + change_lines(qa, qb, cfg["eval"]["sets"]) + [""]
     return (["", "## Changes between stages, with paired bootstrap 95% intervals", "",
              "Per held-out question: pass@1 = the mean correctness of its k samples; length = their mean length in "
              "tokens; effective reflection = the share of samples in which a check or a \"wait\" is followed by a "
@@ -340,3 +346,27 @@ def rl_figures(d: str, sets: list, k: int):
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(d, "plots", "rl_reflection.png"), dpi=100)
+
+
+def main(argv=None):
+    import argparse
+    ap = argparse.ArgumentParser(description="Paired bootstrap changes from BEFORE to AFTER (two stage folders "
+                                 "holding eval_questions.jsonl of the same held-out questions).")
+    ap.add_argument("after")
+    ap.add_argument("before")
+    args = ap.parse_args(argv)
+    qs = []
+    for d in (args.after, args.before):
+        path = os.path.join(d, "eval_questions.jsonl")
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: no {path} (a stage folder evaluated by this version of eval.py)")
+        qs.append(read_jsonl(path))
+    sets = sorted({q["set"] for q in qs[1]})
+    lines = change_lines(qs[0], qs[1], sets)
+    if not lines:
+        raise SystemExit(f"error: {args.before} has questions that {args.after} was not evaluated on")
+    print(f"{args.before} -> {args.after}\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Tests for report.py: paired changes are matched question by question, and the compare CLI."""
+import pytest
+
+import report
+from common import write_jsonl
+
+
+def _qs(correct_by_prompt, set_="arith"):
+    return [{"set": set_, "prompt": p, "correct": c, "length": [10.0] * len(c), "reflect_eff": [0.0] * len(c)}
+            for p, c in correct_by_prompt.items()]
+
+
+def test_paired_change_matches_questions_not_positions():
+    before = _qs({"a": [0, 0], "b": [1, 1]})
+    after = list(reversed(_qs({"a": [1, 1], "b": [1, 1]})))           # same questions, other order
+    ch = report.paired_change(after, before, "correct")
+    assert ch["before"] == 0.5 and ch["after"] == 1.0 and ch["diff"] == 0.5 and ch["n"] == 2
+    assert report.paired_change(_qs({"a": [1, 1]}), before, "correct") is None   # "b" was not evaluated after
+
+
+def test_compare_cli(tmp_path, capsys):
+    for name, qs in (("old", _qs({"a": [0, 0], "b": [0, 1]})), ("new", _qs({"a": [1, 1], "b": [1, 1]}))):
+        (tmp_path / name).mkdir()
+        write_jsonl(str(tmp_path / name / "eval_questions.jsonl"), qs)
+    report.main([str(tmp_path / "new"), str(tmp_path / "old")])
+    out = capsys.readouterr().out
+    assert "arith, pass@1: 0.250 -> 1.000 (+0.750" in out and "all reasoning questions, pass@1" in out
+    with pytest.raises(SystemExit, match="no .*eval_questions.jsonl"):
+        report.main([str(tmp_path / "missing"), str(tmp_path / "old")])
