@@ -84,7 +84,7 @@ def evaluate(model, tok, sets: dict, *, k: int, temperature: float, top_p: float
     ("r1zero" | "cold_start"). Questions are split over ranks and their results gathered.
     Returns (metrics: set -> dict (summarize), samples: a few rollouts for samples.jsonl, questions: one row per
     question, in set order: {"set", "i", "canon", "prompt", "answer", "correct": k values, "length": k token
-    counts, "reflect_eff": k flags}, what paired comparisons between models are computed from)."""
+    counts, "reflect_eff", "mixed": k flags}, what paired comparisons between models are computed from)."""
     model = unwrap(model)
     was_training = model.training
     model.eval()
@@ -124,7 +124,7 @@ def evaluate(model, tok, sets: dict, *, k: int, temperature: float, top_p: float
         rows = sorted(distill.gather(rows, dist), key=lambda r: r["i"])
         results[name] = summarize(rows, k)
         questions += [{key: r[key] for key in ("set", "i", "canon", "prompt", "answer", "correct", "length",
-                                               "reflect_eff")} for r in rows]
+                                               "reflect_eff", "mixed")} for r in rows]
     model.train(was_training)
     return results, samples, questions
 

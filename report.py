@@ -86,7 +86,7 @@ def paired_change(after: list, before: list, key: str, sets=None) -> dict | None
             out[(*k, seen[k])] = q                     # an eval set may repeat a question: match the n-th with the n-th
         return out
     a, b = keyed(after), keyed([q for q in before if sets is None or q["set"] in sets])
-    if not b or any(k not in a for k in b):
+    if not b or any(k not in a or key not in a[k] or key not in b[k] for k in b):    # (files older than the key)
         return None
     mean = lambda v: sum(v) / len(v)                                                   # noqa: E731
     return paired_bootstrap([mean(q[key]) for q in b.values()], [mean(a[k][key]) for k in b])
@@ -107,10 +107,12 @@ def fmt_change(ch: dict, digits: int = 3) -> str:
 
 
 def change_lines(qa: list, qb: list, sets: list) -> list:
-    """Per set and over all of them: pass@1, length and effective reflection from qb (before) to qa (after)."""
+    """Per set and over all of them: pass@1, length, effective reflection and language mixing from qb (before) to
+    qa (after)."""
     out = []
     for subset, label in [([s], s) for s in sets] + [(None, "all reasoning questions")]:
-        for key, name in (("correct", "pass@1"), ("length", "length (tokens)"), ("reflect_eff", "effective reflection")):
+        for key, name in (("correct", "pass@1"), ("length", "length (tokens)"), ("reflect_eff", "effective reflection"),
+                          ("mixed", "mixed-language CoTs")):
             ch = paired_change(qa, qb, key, subset)
             if ch is not None:
                 out.append(f"- {label}, {name}: {fmt_change(ch, 1 if key == 'length' else 3)}")
@@ -129,7 +131,8 @@ def changes_section(run: str, cfg: dict, products: list) -> list:
     return (["", "## Changes between stages, with paired bootstrap 95% intervals", "",
              "Per held-out question: pass@1 = the mean correctness of its k samples; length = their mean length in "
              "tokens; effective reflection = the share of samples in which a check or a \"wait\" is followed by a "
-             "changed value. 'higher' / 'lower' only when the interval excludes zero.", ""] + out) if out else []
+             "changed value; mixed-language CoTs = the share of samples whose reasoning mixes languages. 'higher' / "
+             "'lower' only when the interval excludes zero.", ""] + out) if out else []
 
 
 def first_last(rows: list, key: str, n: int = 10):

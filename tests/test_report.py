@@ -16,6 +16,7 @@ def test_paired_change_matches_questions_not_positions():
     ch = report.paired_change(after, before, "correct")
     assert ch["before"] == 0.5 and ch["after"] == 1.0 and ch["diff"] == 0.5 and ch["n"] == 2
     assert report.paired_change(_qs({"a": [1, 1]}), before, "correct") is None   # "b" was not evaluated after
+    assert report.paired_change(after, before, "mixed") is None                   # a file without the key
 
 
 def test_compare_cli(tmp_path, capsys):
