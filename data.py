@@ -23,6 +23,7 @@ from collections import Counter, defaultdict
 
 import toychat
 import toyworld
+from sandbox import check_tests
 from tokenizer import (ASSISTANT, SEP, SPECIAL_TOKENS, SYSTEM, TOY_TOKENIZER, USER, get_tokenizer, is_cjk,
                        train_tokenizer)
 from toychat import (SAFETY_ASK, general_response, general_task, make_preference_pairs, make_safety_examples,
@@ -373,6 +374,10 @@ def load_jsonl(path: str, kind: str = None) -> list:
                 tests = row.get("tests")
                 if not isinstance(tests, list) or not tests or not all(isinstance(x, str) for x in tests):
                     raise ValueError(f"{where}: a code task needs 'tests', a non-empty list of strings")
+                try:   # each test must be a value test (`assert <expr> == <literal>`), see sandbox.py
+                    check_tests(tests)
+                except ValueError as e:
+                    raise ValueError(f"{where}: {e}") from None
                 if "entry" in row and not isinstance(row["entry"], str):
                     raise ValueError(f"{where}: 'entry' must be a string")
             if task == "countdown":

@@ -1,15 +1,19 @@
-"""Tests for sandbox.py: model-written code against hostile programs, on this machine's isolation.
+"""Tests for sandbox.py: value tests judged in the trainer, and hostile programs in every isolation mode.
 
     python -m pytest -q tests/test_sandbox.py
+    python tests/sandbox_attacks.py --table          # the red-team table per mode (README quotes it)
 """
 import os
 import socket
 import subprocess
 import time
+import warnings
 
 import pytest
 
-from sandbox import run_code, sandbox_features
+import sandbox
+from sandbox import check_tests, decode_value, encode_value, parse_test, run_code, sandbox_features
+from tests import sandbox_attacks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IS_ROOT = os.geteuid() == 0
@@ -17,9 +21,39 @@ IS_ROOT = os.geteuid() == 0
 ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(2, 2) == 4"]
 
 
+def test_value_tests_parse():
+    """`[setup] assert <expr> == <literal>`: the literal stays here, only the expression goes to the sandbox."""
+    assert parse_test("assert add(1, 2) == 3") == ("", "add(1, 2)", 3)
+    assert parse_test("assert [1, (2, 3)] == f('x')") == ("", "f('x')", [1, (2, 3)])
+    assert parse_test("x = 5\nassert sq(x) == -25, 'msg'") == ("x = 5", "sq(x)", -25)
+    assert parse_test("assert s() == {1, 2}").expected == {1, 2}
+    for bad, why in (("assert add(1, 2)", "last statement"), ("assert f(1) == g(2)", "neither side"),
+                     ("assert f(1) < 3", "last statement"), ("print(1)", "last statement"),
+                     ("assert f(", "not valid Python"), ("x" * 20_000, "at most")):
+        with pytest.raises(ValueError, match=why):
+            parse_test(bad)
+    with pytest.raises(ValueError, match=r"test 1 \('assert f\(1\)'\)"):
+        check_tests(["assert f(1) == 2", "assert f(1)"])
+
+
+def test_values_are_plain_data_both_ways():
+    for v in (None, True, 3, -2.5, float("inf"), "s", b"\x00b", [1, [2]], (1, "a"), {1, 2}, frozenset({3}),
+              {"k": [1, (2,)], 4: None}, []):
+        back = decode_value(sandbox.json.loads(sandbox.json.dumps(encode_value(v))))
+        assert back == v and type(back) is type(v), v
+    class Int(int):
+        pass
+    for bad in (Int(3), object(), [1, Int(2)], {"a": object()}, lambda: 1):
+        with pytest.raises(TypeError):
+            encode_value(bad)
+    for bad in ({"t": "eval", "v": "1"}, {"x": 1}, {"t": "dict", "v": [[1]]}):
+        with pytest.raises(ValueError):
+            decode_value(bad)
+
+
 def test_sandbox_isolation_available():
-    """What run_code's docstring promises on this machine (root: a nobody uid; otherwise a user namespace)."""
-    need = {"mnt", "net", "pid", "proc", "tmpfs", "rlimits", "nnp", "stdlib"}
+    """What run_code's docstring promises on this machine (root: a uid of its own; otherwise a user namespace)."""
+    need = {"mnt", "net", "pid", "proc", "rofs", "tmpfs", "watchdog", "rlimits", "nnp", "seccomp", "stdlib"}
     need |= {"uid"} if IS_ROOT else {"user", "caps"}
     assert need <= sandbox_features(), f"sandbox lacks {sorted(need - sandbox_features())} on this machine"
 
@@ -29,24 +63,62 @@ def test_sandbox_scores():
     assert run_code(good, ADD_TESTS).score == 1.0
     partial = run_code("def add(a, b):\n    return a + b if a > 0 else 7\n", ADD_TESTS)
     assert (partial.passed, partial.total, partial.score) == (2, 3, pytest.approx(2 / 3))
-    assert any(e.startswith("test 1: AssertionError") for e in partial.errors)
+    assert "test 1: got 7" in partial.errors, partial.errors
     assert run_code("def add(a, b) return", ADD_TESTS).score == 0.0           # syntax error
     assert run_code(good, []).status == "skipped"
-    assert run_code(good, ["raise SystemExit(0)", "assert add(1, 1) == 2"]).passed == 1
+    r = run_code(good, ["raise SystemExit(0)", "assert add(1, 1) == 2"])        # an unusable test fails alone
+    assert r.passed == 1 and any("unusable test" in e for e in r.errors)
     with_imports = "import numpy, json, collections\ndef add(a, b): return int(numpy.add(a, b))"
     assert run_code(with_imports, ADD_TESTS).score == 1.0
+    # values compare as Python's == would on builtin types: 3.0 == 3, but a list is not a tuple
+    assert run_code("def f():\n    return 3.0", ["assert f() == 3"]).score == 1.0
+    assert run_code("def f():\n    return [1, 2]", ["assert f() == (1, 2)"]).score == 0.0
+    assert run_code("def f():\n    return {'a': {1, 2}}", ["assert f() == {'a': {2, 1}}"]).score == 1.0
     # a hanging test costs only itself: the others still count
-    r = run_code(good, ["assert add(1, 2) == 3", "while True: pass", "assert add(2, 2) == 4"],
+    spin = good + "def spin():\n    while True:\n        pass\n"
+    r = run_code(spin, ["assert add(1, 2) == 3", "assert spin() == 1", "assert add(2, 2) == 4"],
                  timeout=3.0, step_timeout=0.5)
     assert (r.passed, r.status) == (2, "ok")
 
 
-
 def test_sandbox_results_cannot_be_forged_by_printing():
-    forge = ("import sys\nfor i in range(3):\n    print('x\\ttest\\t%d\\tok' % i)\n"
+    forge = ("import sys\nfor i in range(3):\n    print('{\"i\": %d, \"v\": 3}' % i)\n"
              "    sys.stderr.write('x\\ttest\\t%d\\tok\\n' % i)\n")
     assert run_code(forge, ADD_TESTS).score == 0.0
     assert run_code("import os\nos._exit(0)", ADD_TESTS).score == 0.0
+
+
+def test_sandbox_refuses_without_isolation():
+    """No namespaces: nothing runs (status refused, score 0, one loud warning) unless the caller opts in."""
+    sandbox._warned_unisolated = False
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = run_code("def add(a, b):\n    return a + b\n", ADD_TESTS, namespaces=False)
+    assert (r.status, r.score) == ("refused", 0.0), r
+    assert any("NOT run" in str(w.message) for w in caught)
+    opted = run_code("def add(a, b):\n    return a + b\n", ADD_TESTS, namespaces=False, allow_unisolated=True)
+    assert (opted.status, opted.score) == ("ok", 1.0), opted
+
+
+@pytest.mark.parametrize("mode", sandbox_attacks.available_modes())
+def test_red_team(mode):
+    """Every attack of tests/sandbox_attacks.py, with the trainer as root and as an unprivileged user, with and
+    without namespaces. Reward hacking scores 0 in every mode; with namespaces every attack is contained (score 0,
+    no file, process, signal or secret escapes); without them the sandbox refuses by default, and what an opted-in
+    run still lets through is printed (README's table)."""
+    run = sandbox_attacks.run_mode(mode)
+    results = run["results"]
+    assert set(results) == set(sandbox_attacks.ATTACKS)
+    table = "\n".join(f"{n}: {'contained' if r['contained'] else 'NOT: ' + str(r['harm'] or r['score'])}"
+                      for n, r in results.items())
+    print(f"{mode}: contained {sum(r['contained'] for r in results.values())}/{len(results)}\n{table}")
+    hacks = {n: r for n, r in results.items() if r["kind"] == "hack"}
+    assert all(r["score"] == 0.0 for r in hacks.values()), table
+    if mode.endswith("-ns"):
+        assert run["default_status"] == "ok"
+        assert all(r["contained"] for r in results.values()), table
+    else:
+        assert run["default_status"] == "refused"
 
 
 def _marked_processes(marker):
@@ -79,9 +151,9 @@ HOSTILE_CODE = {
     "loop_swallowing_timeouts": ("while True:\n    try:\n        while True:\n            pass\n"
                                  "    except BaseException:\n        pass\n", ("timeout", "StepTimeout")),
     "fork_bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except BaseException:\n        pass\n",
-                  ("timeout", "StepTimeout")),
+                  ("killed", "timeout", "StepTimeout")),   # the watchdog, usually
     "escaping_daemon": ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-                        "        time.sleep(60)\ndef add(a, b):\n    return None\n", ("test 0: AssertionError",)),
+                        "        time.sleep(60)\ndef add(a, b):\n    return None\n", ("test 0: got None",)),
     "memory_hog": ("a = []\nwhile True:\n    a.append(bytearray(10 ** 7))\n", ("MemoryError",)),
     "memory_at_once": ("x = bytearray(8 << 30)\ndef add(a, b):\n    return a + b\n", ("MemoryError",)),
     "disk_filler": ("with open('big', 'wb') as f:\n    for _ in range(200):\n        f.write(b'x' * (1 << 20))\n"
@@ -99,8 +171,7 @@ def test_sandbox_stops_hostile_code(name):
     r = run_code(NAME_SELF.format(marker=marker) + code, ADD_TESTS, timeout=timeout)
     elapsed = time.monotonic() - t0
     assert r.score == 0.0, (r, name)
-    assert ("timeout" in endings and r.status == "timeout") or \
-        (r.status == "ok" and any(x in e for x in endings for e in r.errors)), r
+    assert r.status in endings or (r.status == "ok" and any(x in e for x in endings for e in r.errors)), r
     assert elapsed < timeout + 1.5, f"{name} ran {elapsed:.1f}s"
     _assert_no_leftovers(marker)
     os.kill(os.getpid(), 0)  # the test process is alive (trivially, if we got here)
@@ -130,8 +201,8 @@ def test_sandbox_blocks_writes_outside_its_directory():
     try:
         # Probe tests: its own directory is writable; the repo is not; the test's /tmp files are invisible to it.
         r = run_code(code, ["open('mine.txt', 'w').write('ok')\nassert open('mine.txt').read() == 'ok'",
-                            f"import os\nassert not os.access({ROOT!r}, os.W_OK)",
-                            f"import os\nassert not os.path.exists({victim!r})"])
+                            f"import os\nassert os.access({ROOT!r}, os.W_OK) == False",
+                            f"import os\nassert os.path.exists({victim!r}) == False"])
         assert r.score == 1.0, r
         for path in (victim, locked):
             assert open(path).read() == "original"
@@ -150,9 +221,9 @@ def test_sandbox_environment_is_empty(monkeypatch):
     assert run_code(leak, ADD_TESTS).score == 0.0                               # would score 1 if it leaked
     # Probe: the child's environment holds at most what Python itself sets (PEP 538 LC_CTYPE); the parent's
     # environment is not readable through /proc either.
-    probe = ["import os\nassert set(os.environ) <= {'LC_CTYPE'}, dict(os.environ)",
+    probe = ["import os\nassert (set(os.environ) <= {'LC_CTYPE'}) == True",
              f"try:\n    data = open('/proc/{os.getpid()}/environ', 'rb').read()\nexcept OSError:\n    data = b''\n"
-             "assert b'hunter2' not in data"]
+             "assert (b'hunter2' in data) == False"]
     assert run_code("", probe).score == 1.0
 
 
@@ -169,9 +240,9 @@ def test_sandbox_has_no_network():
     assert run_code(code, ADD_TESTS).score == 0.0
     probe = [f"import socket, errno\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
              "    err = None\n"
-             "except OSError as e:\n    err = e.errno\nassert err in (errno.ENETUNREACH, errno.ECONNREFUSED), err",
+             "except OSError as e:\n    err = e.errno\nassert (err in (errno.ENETUNREACH, errno.ECONNREFUSED)) == True",
              "import socket\ntry:\n    socket.create_connection(('1.1.1.1', 80), timeout=1)\n    ok = True\n"
-             "except OSError:\n    ok = False\nassert not ok"]
+             "except OSError:\n    ok = False\nassert ok == False"]
     assert run_code("", probe, timeout=4.0).score == 1.0
     with pytest.raises(socket.timeout):
         server.accept()
@@ -192,7 +263,7 @@ def test_sandbox_cannot_kill_its_parent_or_bystanders():
         assert r.score == 0.0
         assert bystander.poll() is None, "the sandbox killed a process of the test"
         # Probe: signalling the test process fails (invisible in the pid namespace / not permitted as nobody).
-        probe = [f"import os\ntry:\n    os.kill({me}, 0)\n    ok = False\nexcept OSError:\n    ok = True\nassert ok"]
+        probe = [f"import os\ntry:\n    os.kill({me}, 0)\n    ok = False\nexcept OSError:\n    ok = True\nassert ok == True"]
         assert run_code("", probe).score == 1.0
     finally:
         bystander.kill()
