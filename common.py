@@ -16,6 +16,7 @@ therefore tensors, numbers, strings, lists and dicts (the RNG states included).
 Tests: python -m pytest -q tests/test_common.py
 """
 import dataclasses
+import errno
 import functools
 import json
 import math
@@ -333,6 +334,50 @@ def plot_metrics(jsonl_path: str, keys: list[str], out_png: str, title: str | No
     return present
 
 
+# --------------------------------------------------------------------------------------------- command line
+def _error_line(msg) -> str:
+    """One line, starting with "error: " exactly once: messages raised as SystemExit("error: ...") keep theirs."""
+    msg = " ".join(str(msg).split())        # a multi-line message becomes one line
+    return msg if msg.startswith("error: ") else f"error: {msg}"
+
+
+def run_cli(main, argv=None) -> int:
+    """Run a command-line main(argv) and return its exit status, turning every EXPECTED failure into one line on
+    stderr, "error: ...", with status 2 and no traceback: a bad argument or config value (SystemExit with a
+    message), a damaged checkpoint (CheckpointError), a malformed data file (DataError), a missing or unreadable
+    input file, a full disk, a file that is not valid JSON. Ctrl-C prints one line and returns 130 (the shell's code for SIGINT). Anything else
+    is a bug and keeps its traceback.
+        if __name__ == "__main__":
+            sys.exit(run_cli(main))
+    """
+    import sys
+
+    def fail(msg, code=2) -> int:
+        print(_error_line(msg), file=sys.stderr, flush=True)
+        return code
+    try:
+        main(sys.argv[1:] if argv is None else argv)
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):   # argparse's own exits (--help: 0, usage error: 2)
+            return 0 if e.code is None else e.code
+        return fail(e.code)
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+    except (CheckpointError, DataError) as e:
+        return fail(e)
+    except json.JSONDecodeError as e:
+        # json.load's message names no file; the caller's chained exception may, so report what we can
+        return fail(f"not valid JSON ({e.msg}, line {e.lineno} column {e.colno})")
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            return fail(f"disk full while writing {e.filename or 'a file'}")
+        if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError)):
+            # our own raises carry a full sentence; the OS's carry strerror + filename
+            return fail(f"{e.strerror}: {e.filename}" if e.filename and e.strerror else e)
+        raise
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- JSONL
 def write_jsonl(path: str, rows: list):
     """Rows as JSON lines, atomically (temp file + rename): a killed stage never leaves half a data set."""
@@ -344,8 +389,13 @@ def write_jsonl(path: str, rows: list):
     os.replace(tmp, path)
 
 
+class DataError(ValueError):
+    """An input file that exists but cannot be used (a malformed JSONL line, ...): the message names the file and,
+    where it helps, the line. A ValueError, so callers that caught ValueError before still do."""
+
+
 def read_jsonl(path: str) -> list:
-    """The rows of a JSONL file; a malformed line is an error naming the file and the line."""
+    """The rows of a JSONL file; a malformed line is a DataError naming the file and the line."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
@@ -353,7 +403,7 @@ def read_jsonl(path: str) -> list:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+                    raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
     return rows
 
 
@@ -403,9 +453,12 @@ def save_checkpoint(path: str, obj: dict):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:          # KeyboardInterrupt too: never leave the temp file behind
+    except BaseException as e:     # KeyboardInterrupt too: never leave the temp file behind
         if os.path.exists(tmp):
             os.remove(tmp)
+        full = _disk_full(e)
+        if full:                   # the OS error names no file (it came from a write): name the checkpoint
+            raise OSError(errno.ENOSPC, full.strerror or os.strerror(errno.ENOSPC), path) from None
         raise
     try:
         dfd = os.open(d, os.O_RDONLY)
@@ -417,34 +470,96 @@ def save_checkpoint(path: str, obj: dict):
         os.close(dfd)
 
 
+# A torch.save file (the zip format, torch >= 1.6, the only one save_checkpoint writes) starts with a zip header.
+_ZIP_MAGIC = b"PK\x03\x04"
+# weights_only's wordings of "this file asks for something I will not do" (torch 2.6 - 2.13): a global it does not
+# allow or whose module it blocks (posix.system, ...), a call or object construction it will not perform
+_REFUSAL = re.compile(r"GLOBAL (\S+)|Can only (create|build)|reduce for|allowlist|is blocked")
+
+
+def _disk_full(e: BaseException) -> OSError | None:
+    """The ENOSPC OSError behind e, if any: torch's zip writer sometimes reports a failed write as a RuntimeError
+    whose context is the OSError."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     """torch.load(path, weights_only=True) with one-line errors: FileNotFoundError when missing, CheckpointError
-    when corrupt/truncated or holding objects that weights_only refuses (the pickle traceback is dropped)."""
-    if not os.path.isfile(path):
+    (the pickle traceback dropped) in three flavours that call for different actions:
+    - not a checkpoint at all (eval.json, a text file, a plain pickle): a wrong path; the file is left alone;
+    - refused: a torch.save file asking for code (a class, os.system, ...) that weights_only will not run: it is
+      not a plain tensor checkpoint, and may be hostile;
+    - corrupt or truncated: a damaged checkpoint, which training rewrites."""
+    if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}: it is written by training, e.g. "
                                 f"`python train_pipeline.py --stage pretrain --config toy`") from None
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a directory, not a checkpoint (pass its model.pt)")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        raise CheckpointError(f"corrupt or truncated checkpoint {path} (an empty file); delete it and re-run the "
+                              f"step that writes it") from None
+    if not head.startswith(_ZIP_MAGIC):
+        # a file of another recognisable kind was passed by mistake: say what it is, and do not suggest deleting
+        # it (unrecognisable bytes fall through to torch.load, and are reported as damage)
+        what = _other_format(head)
+        if what:
+            raise CheckpointError(f"{path} is not a checkpoint ({what}): pass a model.pt or ckpt.pt written by "
+                                  f"training") from None
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        # weights_only wraps every unpickling failure in one long message; only "Unsupported global" means a
-        # readable file holding a class it will not import, anything else (bad opcode, ...) is damage
-        glob = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if glob:
-            raise CheckpointError(f"checkpoint {path} holds an object of type {glob.group(1)}, which "
-                                  f"torch.load(weights_only=True) refuses; save only tensors, numbers, strings, "
-                                  f"lists and dicts") from None
-        raise CheckpointError(f"corrupt or truncated checkpoint {path} ({_first_line(e)}); delete it and "
-                              f"re-run the step that writes it") from None
+        # weights_only wraps every unpickling failure in one long message; its detail line says whether the file
+        # asked for something it refuses (REFUSAL) or is damaged (a bad opcode, ...)
+        detail = _detail(e)
+        refused = _REFUSAL.search(detail)
+        if refused:
+            what = f"it holds {refused.group(1)}" if refused.group(1) else detail
+            raise CheckpointError(f"refused to load {path}: not a plain tensor checkpoint ({what}, which "
+                                  f"torch.load(weights_only=True) refuses: a file that runs code when it is loaded "
+                                  f"may be hostile); a checkpoint holds only tensors, numbers, strings, lists and "
+                                  f"dicts") from None
+        raise CheckpointError(f"corrupt or truncated checkpoint {path} ({type(e).__name__}: {detail}); delete it "
+                              f"and re-run the step that writes it") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as e:
-        raise CheckpointError(f"corrupt or truncated checkpoint {path} ({_first_line(e)}); delete it and "
-                              f"re-run the step that writes it") from None
+        raise CheckpointError(f"corrupt or truncated checkpoint {path} ({type(e).__name__}: {_detail(e)}); "
+                              f"delete it and re-run the step that writes it") from None
 
 
-def _first_line(e: BaseException) -> str:
-    """The informative line of a load error: weights_only's own detail line when there is one."""
+def _other_format(head: bytes) -> str | None:
+    """What a file that is not a torch.save zip is, judged from its first bytes: JSON, text, a plain pickle; None
+    when it is none of these (then it is treated as a damaged checkpoint)."""
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "it is a plain pickle, not a torch.save zip file"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:     # (a multi-byte character cut at byte 64 is rare enough to call binary)
+        return None
+    if text.lstrip()[:1] in ("{", "["):
+        return "it holds JSON"
+    if text.isprintable() or all(c.isprintable() or c in "\t\r\n" for c in text):
+        return "it is a text file"
+    return None
+
+
+def _detail(e: BaseException) -> str:
+    """The informative line of a load error: the unpickler's own error (weights_only puts it after its boilerplate,
+    sometimes on the line after "WeightsUnpickler error:", and chains it as __context__), else the first line."""
+    inner = e.__context__
+    if isinstance(inner, pickle.UnpicklingError) and str(inner).strip():
+        return " ".join(str(inner).split())
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    detail = next((ln for ln in lines if ln.startswith("WeightsUnpickler error:")), lines[0] if lines else "")
-    return f"{type(e).__name__}: {detail}"
+    for i, ln in enumerate(lines):
+        if ln.startswith("WeightsUnpickler error:"):
+            rest = ln[len("WeightsUnpickler error:"):].strip()
+            return rest or (lines[i + 1] if i + 1 < len(lines) else ln)
+    # the first sentence: miniz's "failed finding central directory." is followed by a paragraph of advice
+    return lines[0].split(". ")[0].rstrip(".") if lines else "no detail"
 
 
 def save_model(path: str, model: nn.Module, dist: "Dist", *, step: int, optimizer=None, **extra):

@@ -6,12 +6,15 @@ A config is plain data: one section per stage (pretrain, zero, cold_start, ...),
 an "eval" section and a few top-level keys. The RL stages (zero, reasoning_rl, all_rl) inherit every GRPO knob
 from the "grpo" section and override what differs. Every key of a file and of the command line is checked
 against the fields the code reads (SCHEMA): a typo is an error that names the file, the section and the key,
-never a silently ignored setting. Values are checked by the trainers' own dataclasses (grpo.GRPOConfig,
-sft.SFTConfig, model.ModelArgs) before the first stage starts.
+never a silently ignored setting. Every value is then checked against its allowed type and range (RULES: every
+numeric key states one) and every section against the keys the code reads without a default (REQUIRED), and the
+trainers' own dataclasses (grpo.GRPOConfig, sft.SFTConfig, model.ModelArgs) check how values relate, all before the
+first stage starts: a bad value is one line naming the key and what it may be, never a traceback ten minutes in.
 """
 import json
+import math
 import os
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 from grpo import GRPOConfig
 from model import ModelArgs
@@ -59,6 +62,179 @@ SCHEMA = {
     "zero.tasks": ANY, "reasoning_rl.tasks": ANY, "all_rl.tasks": ANY, "cold_start.tasks": ANY,
     "rejection_sft.tasks": ANY, "distill.rl.tasks": ANY,
 }
+
+
+# ----------------------------------------------------------------------------------------- allowed values
+@dataclass(frozen=True)
+class Range:
+    """A numeric key's type and allowed interval [lo, hi] (None: unbounded; open ends excluded). NaN and inf are
+    never allowed. An int is accepted where a float is expected, never a bool (JSON true is not a number here)."""
+    kind: type
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def ok(self, v) -> bool:
+        kinds = (int, float) if self.kind is float else (int,)
+        if isinstance(v, bool) or not isinstance(v, kinds) or not math.isfinite(v):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+
+    def describe(self) -> str:
+        what = "an integer" if self.kind is int else "a finite number"
+        if self.lo is not None and self.hi is not None:
+            return f"{what} in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"{what} {'>' if self.lo_open else '>='} {self.lo:g}"
+        return what
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """A key with a few named values (or true/false)."""
+    values: tuple
+
+    def ok(self, v) -> bool:
+        return any(v is x if isinstance(x, bool) else (type(v) is type(x) and v == x) for x in self.values)
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(json.dumps(x) for x in self.values)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A string or a list of strings, optionally from a known set (task kinds)."""
+    list_of: bool = False
+    choices: tuple | None = None
+
+    def ok(self, v) -> bool:
+        items = v if self.list_of else [v]
+        if self.list_of and (not isinstance(v, list) or not v):
+            return False
+        return all(isinstance(x, str) and (self.choices is None or x in self.choices) for x in items)
+
+    def describe(self) -> str:
+        what = "a non-empty list of strings" if self.list_of else "a string"
+        return what + (f" from: {', '.join(self.choices)}" if self.choices else "")
+
+
+COUNT = Range(int, 1)             # sizes, steps, batch rows: at least one
+COUNT0 = Range(int, 0)            # counts where 0 means none / off / automatic (see the key's comment)
+SEED = Range(int, 0)
+POSITIVE = Range(float, 0, lo_open=True)
+NONNEG = Range(float, 0)
+FRACTION = Range(float, 0, 1)
+TOP_P = Range(float, 0, 1, lo_open=True)
+BETA = Range(float, 0, 1, hi_open=True)   # Adam's moment decays
+BOOL = OneOf((True, False))
+_TASK_KINDS = ("arith", "countdown", "code")   # data.KINDS holds "general" too, which has no eval set
+
+# key -> its allowed values, wherever the key appears (SECTION_RULES below: where a section differs). Every key of
+# SCHEMA that holds a value (not a section) has a rule here; tests/test_config.py checks that none is missing.
+RULES = {
+    # top level
+    "name": Kind(), "tokenizer": Kind(), "runs_dir": Kind(), "fsdp": BOOL,
+    "precision": OneOf(("auto", "bf16", "fp32")), "ckpt_every": COUNT,
+    # model.ModelArgs (how they relate, e.g. n_dense_layers <= n_layers, is ModelArgs.__post_init__'s check)
+    "vocab_size": COUNT, "dim": COUNT, "inter_dim": COUNT, "moe_inter_dim": COUNT, "n_layers": COUNT,
+    "n_dense_layers": COUNT0, "n_heads": COUNT, "n_routed_experts": COUNT0, "n_shared_experts": COUNT0,
+    "n_activated_experts": COUNT0, "n_expert_groups": COUNT0, "n_limited_groups": COUNT0,
+    "score_func": OneOf(("sigmoid", "softmax")), "route_scale": POSITIVE, "q_lora_rank": COUNT0,
+    "kv_lora_rank": COUNT, "qk_nope_head_dim": COUNT, "qk_rope_head_dim": Range(int, 2), "v_head_dim": COUNT,
+    "max_seq_len": COUNT, "rope_theta": POSITIVE, "rope_factor": Range(float, 1), "original_seq_len": COUNT,
+    "beta_fast": COUNT0, "beta_slow": COUNT0, "mscale": NONNEG, "mtp_depth": Range(int, 0, 1),
+    "mtp_lambda": NONNEG, "bias_update_speed": NONNEG, "seq_aux_alpha": NONNEG,
+    # sft.SFTConfig (+ pretrain's corpus size, an SFT set's epochs)
+    "steps": COUNT, "batch_size": COUNT, "grad_accum": COUNT, "seq_len": COUNT, "lr": POSITIVE,
+    "min_lr_ratio": FRACTION, "warmup": COUNT0, "weight_decay": NONNEG, "beta1": BETA, "beta2": BETA,
+    "grad_clip": NONNEG, "log_every": COUNT, "seed": SEED, "n_docs": COUNT, "epochs": POSITIVE,
+    # grpo.GRPOConfig (+ an RL stage's schedule)
+    "group_size": Range(int, 2), "prompts_per_step": COUNT, "max_new_tokens": COUNT, "temperature": POSITIVE,
+    "top_p": TOP_P, "mu": COUNT, "n_minibatches": COUNT, "micro_batch_size": COUNT0, "beta": NONNEG,
+    "kl_estimator": OneOf(("k1", "k2", "k3", "k3+")), "eps_low": NONNEG, "eps_high": NONNEG,
+    "loss_agg": OneOf(("grpo", "dr_grpo", "dapo")), "dr_grpo_constant": COUNT0, "scale_rewards": OneOf(("group", "none")),
+    "adv_eps": POSITIVE, "dynamic_sampling": BOOL, "mask_truncated": BOOL, "recompute_old": BOOL,
+    "ref_update_every": COUNT0, "eval_every": COUNT, "n_general": COUNT0, "n_safety": COUNT0, "general_steps": COUNT0,
+    # evaluation
+    "sets": Kind(list_of=True, choices=_TASK_KINDS), "n_per_set": COUNT, "n_during": COUNT, "k": COUNT,
+    # reward models
+    "n_train": COUNT, "n_eval": COUNT, "eval_general": COUNT0, "eval_safety": COUNT0, "eval_k": COUNT,
+    "eval_max_new_tokens": COUNT,
+    # building an SFT set by rejection sampling
+    "samples_per_prompt": COUNT, "keep_per_prompt": COUNT, "min_examples": COUNT0, "n": COUNT0,
+    "rl_student": Kind(),
+    # distill filters (distill.reject_reason)
+    "ngram": COUNT, "max_repeats": COUNT, "max_paragraph_chars": COUNT,
+}
+# (section, key) -> a rule that differs from RULES[key]
+SECTION_RULES = {
+    ("eval", "temperature"): NONNEG,                 # evaluation may decode greedily (0)
+    ("distill.rl", "steps"): COUNT0,                 # 0: as many steps as match the distillation's FLOPs
+    ("distill.rl", "eval_every"): COUNT0,            #   (and one evaluation, at the end)
+}
+for _s in ("cold_start", "rejection_sft", "rejection_sft.general", "distill", "distill.general"):
+    SECTION_RULES[(_s, "temperature")] = NONNEG     # sampling an SFT set may be greedy; GRPO needs temperature > 0
+# the values of the sections whose keys the user names: task kind -> count, task kind -> difficulty levels
+ANY_RULES = {"tasks": COUNT0, "difficulty": Kind()}
+
+# section -> the keys the code reads from it without a default: a config file without one is an error naming it
+_SAMPLED_SFT = {"tasks", "seed", "epochs", "batch_size", "seq_len", "samples_per_prompt", "temperature",
+                "max_new_tokens", "min_examples"}
+_RL_REQUIRED = {"steps", "eval_every", "tasks", "seed"}
+REQUIRED = {
+    "": {"model"},                                    # + "eval" for any training stage (check_values): the
+                                                      #   shape-only presets (v2-lite, v3-671b) have no "eval"
+    "eval": {"sets", "n_per_set", "k", "temperature", "top_p", "max_new_tokens", "seed"},
+    "pretrain": {"n_docs", "seed", "seq_len"},
+    "zero": _RL_REQUIRED, "reasoning_rl": _RL_REQUIRED,
+    "all_rl": _RL_REQUIRED | {"n_general", "n_safety", "general_steps"},
+    "reward_models": {"n_train", "n_eval", "seq_len", "seed", "eval_general", "eval_safety", "eval_max_new_tokens"},
+    "cold_start": _SAMPLED_SFT,
+    "rejection_sft": _SAMPLED_SFT | {"general"},
+    "rejection_sft.general": {"n"},
+    "distill": {"students", "rl_student", "samples_per_prompt", "temperature", "max_new_tokens", "min_examples",
+                "general", "sft", "rl"},
+    "distill.sft": {"epochs", "batch_size", "seq_len"},
+    "distill.students.*": {"model"},
+}
+
+
+def rule_of(path: str, key: str):
+    """The rule of key `key` in section `path` (None: a section, or a key without a value rule)."""
+    pattern = _pattern(path)
+    if _schema_of(path) is ANY:
+        return ANY_RULES.get(pattern.split(".")[-1])
+    return SECTION_RULES.get((pattern, key), RULES.get(key))
+
+
+def check_config(cfg: dict, source: str, path: str = ""):
+    """Every value against its rule and every section against REQUIRED: the first problem is an error naming the
+    source, the key (section.key) and what it may be."""
+    missing = sorted(REQUIRED.get(_pattern(path), set()) - set(cfg))
+    if missing:
+        where = f"section '{path}'" if path else "the top level"
+        raise SystemExit(f"error: {source}: {where} is missing required key(s): {', '.join(missing)}")
+    for key, value in cfg.items():
+        where = f"{path}.{key}" if path else key
+        if _pattern(where) in SCHEMA:                 # a section: its own keys and values
+            if not isinstance(value, dict):
+                raise SystemExit(f"error: {source}: '{where}' is a section (a JSON object), got {value!r}")
+            check_config(value, source, where)
+            continue
+        rule = rule_of(path, key)
+        if rule is None:
+            continue
+        if _pattern(path) == "difficulty":            # task kind -> a list of levels
+            ok = isinstance(value, list) and all(COUNT.ok(x) for x in value)
+            if not ok:
+                raise SystemExit(f"error: {source}: {where} must be a list of levels (integers >= 1), "
+                                 f"got {value!r}")
+            continue
+        if not rule.ok(value):
+            raise SystemExit(f"error: {source}: {where} must be {rule.describe()}, got {json.dumps(value)}")
 
 
 def _pattern(path: str) -> str:
@@ -197,9 +373,17 @@ def section_config(cls, cfg: dict, section: dict, **fixed):
     return cls(**{**kw, **fixed})
 
 
-def check_values(cfg: dict, stages: list):
-    """Build every dataclass the given stages will build, so that a bad value fails now, in one line, and not
-    after ten minutes of an earlier stage."""
+def check_values(cfg: dict, stages: list, source: str | None = None):
+    """Check every value against its rule (check_config), then build every dataclass the given stages will build,
+    so that a bad value fails now, in one line, and not after ten minutes of an earlier stage. source names the
+    config in messages (default: its name)."""
+    source = source or f"config '{cfg.get('name')}'"
+    check_config(cfg, source)
+    if stages and "eval" not in cfg:
+        raise SystemExit(f"error: {source}: the top level is missing required key(s): eval (every stage evaluates)")
+    if cfg.get("all_rl", {}).get("general_steps", 0) > cfg.get("all_rl", {}).get("steps", 0):
+        raise SystemExit(f"error: {source}: all_rl.general_steps must be <= all_rl.steps "
+                         f"({cfg['all_rl']['general_steps']} > {cfg['all_rl']['steps']})")
     try:
         ModelArgs(**cfg["model"])
         for stage in stages:
@@ -214,4 +398,4 @@ def check_values(cfg: dict, stages: list):
                 section_config(SFTConfig, cfg, section["sft"], steps=1)
                 section_config(GRPOConfig, cfg, {**cfg["zero"], **section["rl"]})
     except (TypeError, ValueError) as e:
-        raise SystemExit(f"error: config '{cfg.get('name')}': {e}") from None
+        raise SystemExit(f"error: {source}: {e}") from None

@@ -19,6 +19,7 @@ train_pipeline.py's stage functions wire them together.
 from collections import Counter
 
 import torch
+from tqdm import tqdm
 
 import data
 import tokenizer
@@ -172,12 +173,13 @@ def gather(items: list, dist: Dist) -> list:
 
 @torch.no_grad()
 def sample(model, tok, tasks: list, prompt_fn, *, n: int, temperature: float, top_p: float = 1.0,
-           max_new_tokens: int, batch_size: int = 64, seed: int = 0) -> list:
+           max_new_tokens: int, batch_size: int = 64, seed: int = 0, desc: str | None = None) -> list:
     """n outputs per task (in task order) -> [(task, prompt text, completion text, finished)]. The completion
-    text stops before the EOS token; `finished` says whether there was one."""
+    text stops before the EOS token; `finished` says whether there was one. desc: the label of a progress bar
+    over the generate() calls (None: no bar; callers pass one on rank 0 only)."""
     out = []
     per = max(1, batch_size // n)
-    for i in range(0, len(tasks), per):
+    for i in tqdm(range(0, len(tasks), per), desc=desc, disable=desc is None, leave=False):
         chunk = tasks[i:i + per]
         prompts = [prompt_fn(t) for t in chunk for _ in range(n)]
         gen = generate(model, [tok.encode(p) for p in prompts], max_new_tokens, temperature=temperature,
@@ -199,7 +201,8 @@ def collect(model, tok, tasks: list, prompt_fn, c: dict, dist: Dist, *, style: s
     {"prompt", "completion", "task", "lang", "source"}, stats counts outputs by fate ("kept", "wrong", ...)."""
     mine = tasks[dist.rank::dist.world_size]
     outs = sample(model, tok, mine, prompt_fn, n=c["samples_per_prompt"], temperature=c["temperature"],
-                  top_p=c.get("top_p", 1.0), max_new_tokens=c["max_new_tokens"], seed=c.get("seed", 0) + dist.rank)
+                  top_p=c.get("top_p", 1.0), max_new_tokens=c["max_new_tokens"], seed=c.get("seed", 0) + dist.rank,
+                  desc=f"sample {source or 'outputs'}" if dist.is_main else None)
     correct = judge([o[0] for o in outs], [o[2] for o in outs])
     records, stats, per_prompt, seen = [], Counter(), Counter(), set()
     for (task, prompt, text, finished), ok in zip(outs, correct):

@@ -178,7 +178,8 @@ def eval_general(model, tok, cfg, dist, rm_paths=None) -> dict:
     for name, tasks in sets.items():
         outs = distill.sample(unwrap(model), tok, tasks[dist.rank::dist.world_size], data.chat_task_prompt,
                               n=rm_cfg.get("eval_k", e["k"]), temperature=e["temperature"], top_p=e["top_p"],
-                              max_new_tokens=rm_cfg["eval_max_new_tokens"], seed=e["seed"] + 1000 * dist.rank)
+                              max_new_tokens=rm_cfg["eval_max_new_tokens"], seed=e["seed"] + 1000 * dist.rank,
+                              desc=f"eval {name}" if dist.is_main else None)
         prompts, texts = [o[1] for o in outs], [o[2] for o in outs]
         ok = distill.judge([o[0] for o in outs], texts)
         rm = [0.0] * len(texts)
@@ -266,4 +267,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from common import run_cli
+    sys.exit(run_cli(main))

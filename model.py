@@ -611,14 +611,27 @@ def human(n: float) -> str:
     return f"{n:.0f}"
 
 
-def main():
+def main(argv=None):
+    import os
     p = argparse.ArgumentParser(description="Build a model on the meta device and print its counters.")
-    p.add_argument("--config", required=True, help="configs/X.json (a preset with a 'model' section, or flat)")
+    p.add_argument("--config", required=True, help="a preset name from configs/ (micro, toy, v2-lite, v3-671b), as "
+                   "train_pipeline.py takes it, or a JSON path (a preset with a 'model' section, or flat ModelArgs)")
     p.add_argument("--seq-len", type=int, default=None,
                    help="context length for the FLOPs (default min(max_seq_len, original_seq_len))")
     p.add_argument("--dtype-bytes", type=int, default=2, help="bytes per cached number (2 = bf16)")
-    a = p.parse_args()
-    args = ModelArgs.from_json(a.config)
+    a = p.parse_args(argv)
+    if os.path.isfile(a.config):
+        try:                                           # a file may be flat ModelArgs, which config.py does not take
+            args = ModelArgs.from_json(a.config)
+        except (TypeError, ValueError) as e:
+            raise SystemExit(f"error: {a.config}: {e}") from None
+    else:                                              # a preset name: the same loader (and errors) as the pipeline
+        from config import load_config
+        cfg = load_config(a.config)
+        try:
+            args = ModelArgs(**cfg["model"])
+        except (TypeError, ValueError) as e:
+            raise SystemExit(f"error: config '{a.config}': {e}") from None
     with torch.device("meta"):                         # shapes only: no memory, so 671B builds on a laptop
         model = Transformer(args)
     c = model.counters(a.seq_len, a.dtype_bytes)
@@ -633,4 +646,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from common import run_cli
+    sys.exit(run_cli(main))

@@ -14,19 +14,26 @@
     torchrun --nproc_per_node=2 train_pipeline.py --stage pretrain --config toy --steps 50
     python train_pipeline.py --stage pretrain --config toy --lr 1e-3 --model.dim 192   # overrides (config.py)
 
+A stage that has finished (its model.pt exists) is redone only with --force; one process at a time may use a run
+(runs/<name>/.lock). Failures are one "error: ..." line (common.run_cli).
+
 --config is a preset name from configs/ (micro, toy, v2-lite, v3-671b) or a path to a JSON file. Each stage writes
 runs/<name>/<stage>/ (model.pt + config.json, metrics.jsonl, samples.jsonl, eval.json, plots/) and refreshes
 runs/<name>/report.md. The loops live elsewhere: sft.train for every SFT, grpo.train for every RL stage,
 distill.py builds the SFT sets, reward_model.py the reward models, eval.py evaluates, report.py reports.
 """
 import argparse
+import errno
+import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import sys
 
 import torch
+from tqdm import tqdm
 
 import data
 import distill
@@ -35,8 +42,8 @@ import reward_model
 import sft
 import toychat
 from common import (barrier, build_model_from_checkpoint, cleanup_distributed, load_checkpoint, plot_stage, print0,
-                    read_json, read_jsonl, read_metrics, release_memory, save_model, setup_distributed, wrap_model,
-                    write_jsonl)
+                    read_json, read_jsonl, read_metrics, release_memory, run_cli, save_model, setup_distributed,
+                    wrap_model, write_jsonl)
 from config import ROOT, apply_overrides, check_values, load_config, resolve, section_config
 from eval import FORMATS, REFLECTIVE, effective_reflection, eval_general, run_eval
 from model import ModelArgs, Transformer
@@ -80,12 +87,26 @@ def finished(cfg, stage) -> bool:
     return all(os.path.exists(os.path.join(stage_dir(cfg, p), "model.pt")) for p in products(cfg, stage))
 
 
+# What this process was started with (main sets it): the command suggested for a missing stage repeats it.
+INVOCATION = {"config": None, "name": None, "runs_dir": None}
+
+
+def stage_command(cfg, stage) -> str:
+    """The command that builds `stage` for this run: the same --config, --name and --runs_dir as this process."""
+    cmd = f"python train_pipeline.py --stage {stage} --config {INVOCATION['config'] or cfg['name']}"
+    if INVOCATION["name"]:
+        cmd += f" --name {INVOCATION['name']}"
+    if INVOCATION["runs_dir"]:
+        cmd += f" --runs_dir {INVOCATION['runs_dir']}"
+    return cmd
+
+
 def need_stage(cfg, stage):
     """A missing input names the stage and the command that builds it."""
     if not finished(cfg, stage):
         raise SystemExit(f"error: the '{stage}' stage has not been run for '{cfg['name']}' (no "
                          f"{', '.join(os.path.join(stage_dir(cfg, p), 'model.pt') for p in products(cfg, stage))}). "
-                         f"Build it with: python train_pipeline.py --stage {stage} --config {cfg['name']}")
+                         f"Build it with: {stage_command(cfg, stage)}")
 
 
 def save_stage_model(model, cfg, stage, step, tok, dist):
@@ -102,7 +123,7 @@ def load_stage_model(cfg, stage, device):
     path = os.path.join(stage_dir(cfg, stage), "model.pt")
     if not os.path.exists(path):
         raise SystemExit(f"error: {path} does not exist: the '{stage}' stage has not been run for '{cfg['name']}'. "
-                         f"Build it with: python train_pipeline.py --stage {stage} --config {cfg['name']}")
+                         f"Build it with: {stage_command(cfg, stage)}")
     return build_model_from_checkpoint(path, device)[0].train()
 
 
@@ -126,6 +147,21 @@ def write_eval(cfg, stage, results, samples, dist, questions=None):
         for s in samples:
             f.write(json.dumps(s, ensure_ascii=False) + "\n")
     write_report(cfg, run_dir(cfg), model_products(cfg))
+    print0(summary(d, stage, headline(cfg, results)))
+
+
+def headline(cfg, results) -> str:
+    """A stage's figures in a few words: pass@1 and format on each held-out set (eval.json has the rest)."""
+    parts = [f"{s} pass@1 {results[s]['pass@1']:.3f} format {results[s]['format']:.2f}"
+             for s in cfg["eval"]["sets"] if isinstance(results.get(s), dict) and "pass@1" in results[s]]
+    return ", ".join(parts) or "no held-out evaluation"
+
+
+def summary(d, stage, figures) -> str:
+    """The one line a stage ends with: what it wrote where, and its headline figures."""
+    wrote = [f for f in ("model.pt", "eval.json", "data.jsonl", "metrics.jsonl", "samples.jsonl", "plots")
+             if os.path.exists(os.path.join(d, f))]
+    return f"[{stage}] done: {figures}; wrote {d}/ ({', '.join(wrote)}), report {os.path.dirname(d)}/report.md"
 
 
 def part(cfg, name, args, fn):
@@ -165,8 +201,7 @@ def final_eval(model, tok, cfg, stage, fmt, dist):
     """The stage model's held-out evaluation (eval.py) -> eval.json, samples.jsonl, report.md."""
     results, samples, questions = run_eval(model, tok, cfg, dist, fmt)
     results.update(eval_general(model, tok, cfg, dist, rm_paths(cfg)))
-    print0(f"[{stage}] " + json.dumps(results))
-    write_eval(cfg, stage, results, samples, dist, questions)
+    write_eval(cfg, stage, results, samples, dist, questions)   # ends with the stage's one-line summary
 
 
 def sft_stage(cfg, stage, init, records, section, args, dist, fmt="chat"):
@@ -281,12 +316,12 @@ def stage_reward_models(cfg, args, dist):
         def train_one():
             acc = reward_model.build(which, lambda: load_stage_model(cfg, "pretrain", "cpu"), tok, section, scfg,
                                      dist, d, lambda m: wrap_model(m, dist))
-            print0(f"rm_{which}: held-out accuracy {acc:.3f}")
             if dist.is_main:
                 plot_stage(d, ["loss", "accuracy"], "training.png")
                 with open(os.path.join(d, "eval.json"), "w") as f:
                     json.dump({"heldout": {"accuracy": acc, "n": section["n_eval"],
                                            "kind": reward_model.KINDS[which][0]}}, f, indent=1)
+            print0(summary(d, f"rm_{which}", f"held-out accuracy {acc:.3f}"))
             barrier(dist)
         part(cfg, f"rm_{which}", args, train_one)
     backfill_general(cfg, dist)
@@ -449,9 +484,11 @@ def stage_all(cfg, args, dist):
     """Every stage of STAGES in order. A finished stage (all its model.pt files exist) is skipped unless --force,
     which deletes its folders and redoes it. The others run with --resume, so a killed run picks up where it
     stopped: cached SFT sets, SFT and RL checkpoints (ckpt.pt), finished parts of multi-part stages."""
-    for stage in STAGES:
+    bar = tqdm(STAGES, desc="stages", unit="stage", disable=not dist.is_main)
+    for stage in bar:
+        bar.set_postfix_str(stage)
         if finished(cfg, stage) and not args.force:
-            print0(f"[all] {stage}: finished, skipping")
+            print0(f"[all] {stage}: finished, skipping (--force redoes every stage)")
             continue
         if args.force and dist.is_main:
             for p in products(cfg, stage) + [stage]:
@@ -460,6 +497,7 @@ def stage_all(cfg, args, dist):
         print0(f"[all] {stage}")
         STAGE_FNS[stage](cfg, argparse.Namespace(**{**vars(args), "resume": not args.force}), dist)
         release_memory()
+    bar.close()
     backfill_general(cfg, dist)
 
 
@@ -475,14 +513,50 @@ STAGE_FNS = {"pretrain": stage_pretrain, "reward_models": stage_reward_models, "
              "all_rl": stage_all_rl, "distill": stage_distill, "all": stage_all, "report": stage_report}
 
 
+# A run name is one folder under runs/: letters, digits, "-", "_" and "." (no "/", no "..", not absolute).
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_name(name: str, where: str):
+    if not NAME_RE.fullmatch(name or "") or ".." in name:
+        raise SystemExit(f"error: {where} {name!r} is not a valid run name: it names one folder under runs/, "
+                         f"so use letters, digits, '-', '_' and '.' only (no '/', no '..', not a path)")
+
+
+def lock_run(cfg):
+    """Take runs/<name>/.lock for this process's lifetime (main releases it): a second process on the same run
+    would overwrite the first one's checkpoints and data. flock's lock dies with its process, so the lock file of a
+    killed run never blocks the next one. Returns the open lock file (closing it releases the lock)."""
+    d = run_dir(cfg)
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, ".lock")
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EACCES):
+            f.close()
+            raise
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise SystemExit(f"error: run '{cfg['name']}' is in use by another process (pid {holder}, lock {path}); "
+                         f"wait for it to finish, or pick another --name") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", required=True, help=f"one of: {', '.join(STAGES)}, all, report")
     ap.add_argument("--config", default="toy", help="preset name in configs/ or a JSON path")
     ap.add_argument("--name", default=None, help="run name (default: the config's name)")
     ap.add_argument("--resume", action="store_true", help="continue a killed stage from its last checkpoint")
-    ap.add_argument("--force", action="store_true", help="redo finished work (--stage all: every stage; "
-                    "distill and reward_models: their finished parts)")
+    ap.add_argument("--force", action="store_true", help="redo finished work (a finished stage is refused without "
+                    "it; --stage all: every stage; distill and reward_models: their finished parts)")
     args, rest = ap.parse_known_args(argv)
     if args.stage not in STAGE_FNS:
         raise SystemExit(f"error: unknown stage '{args.stage}'; stages: {', '.join(STAGE_FNS)}")
@@ -492,15 +566,41 @@ def main(argv=None):
     if missing:
         raise SystemExit(f"error: config '{args.config}' has no section for stage(s) {', '.join(missing)} "
                          f"(configs/toy.json has one for every stage)")
-    check_values(cfg, stages)
+    check_values(cfg, stages, f"config '{args.config}'")
     if args.name:
+        check_name(args.name, "--name")
         cfg["name"] = args.name
-    dist = setup_distributed()
+    else:
+        check_name(cfg["name"], f"config '{args.config}': name")
+    INVOCATION.update(config=args.config, name=args.name, runs_dir=_runs_dir_arg(rest))
+    if args.stage in STAGES and finished(cfg, args.stage) and not args.force:
+        where = ", ".join(os.path.join(stage_dir(cfg, p), "model.pt") for p in products(cfg, args.stage))
+        raise SystemExit(f"error: the '{args.stage}' stage of run '{cfg['name']}' is already finished ({where}); "
+                         f"add --force to redo it (its model is overwritten)")
+    # one process per run folder; under torchrun rank 0 holds the lock for all ranks (the others share its run).
+    # Taken before the process group, so that a refused run stops at once. `report` only reads, and may run beside
+    # a training run.
+    lock = lock_run(cfg) if args.stage != "report" and int(os.environ.get("RANK", 0)) == 0 else None
     try:
-        STAGE_FNS[args.stage](cfg, args, dist)
+        dist = setup_distributed()
+        try:
+            STAGE_FNS[args.stage](cfg, args, dist)
+        finally:
+            cleanup_distributed()
     finally:
-        cleanup_distributed()
+        if lock is not None:
+            lock.close()
+
+
+def _runs_dir_arg(rest) -> str | None:
+    """The --runs_dir override among the command line's `--key value` pairs (None when not given)."""
+    for i, flag in enumerate(rest):
+        if flag.startswith("--runs_dir="):
+            return flag.split("=", 1)[1]
+        if flag == "--runs_dir" and i + 1 < len(rest):
+            return rest[i + 1]
+    return None
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main))

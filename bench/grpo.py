@@ -2,14 +2,15 @@
 
     python bench/grpo.py                                   # toy config; the toy base model if it was trained
     python bench/grpo.py --ckpt runs/toy/pretrain/model.pt --steps 3 --group-size 8 --prompts 8
+    python bench/grpo.py --out bench/results/grpo_cpu.md   # rewrite the committed result
 
 Uses the zero stage's settings from the config (group size, prompts per step, max new tokens) unless
 overridden, the R1-Zero template and the rule rewards (accuracy + format). Random weights are used when no
 checkpoint exists (the rollout then runs to max_new_tokens: an upper bound on the sampling time).
-Prints a markdown table (median over steps after one warm-up step) and writes bench/results/grpo_<device>.md.
+Prints a markdown table (median over steps after one warm-up step); --out also writes it to a file (the
+committed bench/results/ files change only when asked to).
 """
 import argparse
-import json
 import os
 import sys
 
@@ -20,22 +21,32 @@ sys.path.insert(0, ROOT)
 import data  # noqa: E402
 import tokenizer  # noqa: E402
 import grpo  # noqa: E402
-from common import build_model_from_checkpoint  # noqa: E402
+from common import build_model_from_checkpoint, run_cli  # noqa: E402
+from config import load_config  # noqa: E402
 from model import ModelArgs, Transformer  # noqa: E402
 from rewards import accuracy_reward, format_reward  # noqa: E402
 
 
-def main():
+def shown_path(path: str) -> str:
+    """A path as it may appear in a committed result: relative to the repository, or its last four parts (a
+    run folder's runs/<name>/<stage>/model.pt), never this machine's absolute path."""
+    full = os.path.abspath(path)
+    if full.startswith(ROOT + os.sep):
+        return os.path.relpath(full, ROOT)
+    return os.path.join(*full.split(os.sep)[-4:])
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=os.path.join(ROOT, "configs", "toy.json"))
+    ap.add_argument("--config", default="toy", help="preset name in configs/ or a JSON path (as train_pipeline.py)")
     ap.add_argument("--ckpt", default=os.path.join(ROOT, "runs", "toy", "pretrain", "model.pt"))
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--group-size", type=int, default=None)
     ap.add_argument("--prompts", type=int, default=None, help="questions per step")
     ap.add_argument("--max-new-tokens", type=int, default=None)
-    a = ap.parse_args()
-    with open(a.config) as f:
-        cfg = json.load(f)
+    ap.add_argument("--out", default=None, help="also write the table to this file (default: print it only)")
+    a = ap.parse_args(argv)
+    cfg = load_config(a.config)
     z = dict(cfg["zero"])
     z.update({k: v for k, v in (("group_size", a.group_size), ("prompts_per_step", a.prompts),
                                 ("max_new_tokens", a.max_new_tokens)) if v})
@@ -45,7 +56,7 @@ def main():
     if os.path.exists(a.ckpt):
         policy, _ = build_model_from_checkpoint(a.ckpt, device)
         ref, _ = build_model_from_checkpoint(a.ckpt, device)
-        source = a.ckpt
+        source = shown_path(a.ckpt)
     else:
         margs = ModelArgs(**{**cfg["model"], "vocab_size": tok.vocab_size})
         policy, ref = Transformer(margs).to(device), Transformer(margs).to(device)
@@ -77,11 +88,12 @@ def main():
               f"tokens/s (all tokens of all rows / step time): {med('tokens_per_s'):,.0f}; "
               f"generated tokens/s during sampling: {med('gen_tokens_per_s'):,.0f}"]
     print("\n".join(lines))
-    out = os.path.join(ROOT, "bench", "results")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, f"grpo_{device.type}.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    if a.out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -4,8 +4,10 @@ memory of the chunked per-token logprob op (the one that dominates GRPO's memory
     python bench/kernels.py                  # CUDA: full sweep (do_bench); CPU: torch paths + the memory table
     python bench/kernels.py --no-compile     # skip torch.compile (tens of seconds to compile each op on a CPU)
     python bench/kernels.py --quick          # one size per op, memory table at V = 32k only
+    python bench/kernels.py --out bench/results   # rewrite the committed kernels_{cuda,cpu}.md and .png
 
-Writes bench/results/kernels_{cuda,cpu}.md (markdown tables) and kernels_{cuda,cpu}.png.
+Prints markdown tables; --out DIR also writes them to DIR/kernels_{cuda,cpu}.md with a plot, kernels_{cuda,cpu}.png
+(the committed bench/results/ files change only when asked to).
 
 What to compare against, on a GPU: the torch reference in eager mode is the baseline; torch.compile(reference)
 is the "free" fusion a user gets without writing kernels; Triton should beat the first everywhere and match or
@@ -39,7 +41,6 @@ import torch  # noqa: E402
 
 import kernels  # noqa: E402
 
-RESULTS = os.path.join(ROOT, "bench", "results")
 GiB = 2 ** 30
 
 
@@ -383,14 +384,17 @@ def plot(rows, mem, path, cuda):
     fig.savefig(path, dpi=110)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None):
+    # the whole docstring: its first line alone stops mid-sentence
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
-    p.add_argument("--quick", action="store_true")
+    p.add_argument("--quick", action="store_true", help="one size per op, memory table at V = 32k only")
     p.add_argument("--tokens", type=int, default=8192, help="B*T for the logprob memory table")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--out", default=None, metavar="DIR", help="also write kernels_<device>.md and .png to DIR "
+                   "(default: print only)")
     p.add_argument("--_mem-child", nargs=4, metavar=("IMPL", "N", "V", "MODE"), help=argparse.SUPPRESS)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a._mem_child:
         impl, N, V, mode = a._mem_child
@@ -442,13 +446,15 @@ def main():
 
     rows = run_timings(device, dtype, not a.no_compile, a.quick)
     lines = head + mem_lines + ["", "## Timings", ""] + timing_table(rows, cuda)
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, f"kernels_{tag}.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    plot(rows, mem, os.path.join(RESULTS, f"kernels_{tag}.png"), cuda)
     print("\n".join(["", "## Timings", ""] + timing_table(rows, cuda)))
-    print(f"\nwrote {os.path.join(RESULTS, f'kernels_{tag}.md')} and .png")
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, f"kernels_{tag}.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        plot(rows, mem, os.path.join(a.out, f"kernels_{tag}.png"), cuda)
+        print(f"\nwrote {os.path.join(a.out, f'kernels_{tag}.md')} and .png")
 
 
 if __name__ == "__main__":
-    main()
+    from common import run_cli
+    sys.exit(run_cli(main))

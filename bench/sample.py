@@ -3,7 +3,7 @@
     python bench/sample.py                       # toy config, random weights, 256 new tokens, 1 thread
     python bench/sample.py --new-tokens 64 --batches 1 16    # quicker
 
-Prints (and writes to bench/results/sample.md) a markdown table of
+Prints a markdown table (--out FILE also writes it, e.g. --out bench/results/sample.md, the committed one) of
   - decode throughput (new tokens / s, prefill included) at batch 1, 16, 64 with the absorbed latent cache and
     with the naive per-head k/v cache;
   - the cache against full recomputation (every step re-runs the forward pass over prompt + tokens so far) at
@@ -22,6 +22,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from common import run_cli  # noqa: E402
+from config import load_config  # noqa: E402
 from model import ModelArgs, Transformer, human  # noqa: E402
 from sample import generate, generate_recompute  # noqa: E402
 
@@ -32,26 +34,28 @@ def timed(fn):
     return time.perf_counter() - t0
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=os.path.join(ROOT, "configs", "toy.json"))
-    p.add_argument("--new-tokens", type=int, default=256)
-    p.add_argument("--prompt-len", type=int, default=16)
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
-    p.add_argument("--recompute-batches", type=int, nargs="+", default=[1, 16])
+def main(argv=None):
+    # the whole docstring: its first line alone is cut off by the help formatter
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="toy", help="preset name in configs/ or a JSON path (as train_pipeline.py)")
+    p.add_argument("--new-tokens", type=int, default=256, help="tokens generated per row")
+    p.add_argument("--prompt-len", type=int, default=16, help="prompt tokens per row")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64], help="batch sizes of the decode table")
+    p.add_argument("--recompute-batches", type=int, nargs="+", default=[1, 16],
+                   help="batch sizes of the cache-vs-recomputation table")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: steady numbers on a shared CPU; 2+ pays at batch 64 on an idle one)")
-    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "sample.md"))
-    a = p.parse_args()
+    p.add_argument("--out", default=None, help="also write the table to this file (default: print it only)")
+    a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    args = ModelArgs.from_json(a.config)
+    args = ModelArgs(**load_config(a.config)["model"])
     torch.manual_seed(0)
     model = Transformer(args).eval()
     N, L = a.new_tokens, a.prompt_len
     prompts = lambda B: torch.randint(0, args.vocab_size, (B, L)).tolist()   # noqa: E731
 
     generate(model, prompts(2), 8, seed=0)                                   # warm-up
-    lines = [f"# sample.py benchmark: {os.path.basename(a.config)} ({human(model.counters()['total_params'])} params), "
+    lines = [f"# sample.py benchmark: {os.path.basename(a.config).removesuffix('.json')} ({human(model.counters()['total_params'])} params), "
              f"prompt {L} tokens, {N} new tokens, {torch.get_num_threads()} threads, "
              f"{'CUDA' if torch.cuda.is_available() else 'CPU'} (fp32, random weights)", ""]
 
@@ -82,11 +86,12 @@ def main():
 
     table = "\n".join(lines)
     print("\n" + table)
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        f.write(table + "\n")
-    print(f"\nwrote {a.out}")
+    if a.out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "w") as f:
+            f.write(table + "\n")
+        print(f"\nwrote {a.out}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -72,6 +72,31 @@ def test_overrides_accept_key_equals_value_and_check_types():
         config.apply_overrides(cfg, "pretrain", ["--steps"])
 
 
+def test_every_value_key_has_a_stated_rule():
+    """Every key of SCHEMA that holds a value (not a section) has a type and range in RULES or SECTION_RULES."""
+    for path, keys in config.SCHEMA.items():
+        if keys is config.ANY:
+            continue
+        where = path.replace("*", "s")                          # a student's sections, under a name
+        for key in keys:
+            if (f"{path}.{key}" if path else key) in config.SCHEMA:   # a section, not a value
+                continue
+            assert config.rule_of(where, key) is not None, f"{path}.{key}"
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("lr", float("nan"), "a finite number > 0"), ("lr", 0, "a finite number > 0"),
+    ("batch_size", 0, "an integer >= 1"), ("batch_size", 2.5, "an integer >= 1"), ("batch_size", True, "integer"),
+    ("min_lr_ratio", 1.5, "in [0, 1]"), ("precision", "fp16", 'one of "auto", "bf16", "fp32"')])
+def test_a_value_out_of_range_names_the_key_and_its_range(key, value, words):
+    cfg = config.load_config("micro")
+    cfg["pretrain"][key] = value
+    with pytest.raises(SystemExit) as e:
+        config.check_values(cfg, ["pretrain"], "c.json")
+    msg = str(e.value)
+    assert msg.startswith(f"error: c.json: pretrain.{key} must be ") and words in msg and "\n" not in msg
+
+
 def test_bad_values_fail_before_any_work(tmp_path, capsys):
     for bad in (["--group_size", "1"], ["--lr", "-1"], ["--kl_estimator", "k9"]):
         with pytest.raises(SystemExit, match="error: config"):

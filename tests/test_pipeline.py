@@ -50,7 +50,8 @@ def test_missing_input_names_the_stage_and_its_command(tmp_path):
     with pytest.raises(SystemExit) as e:
         run("cold_start", tmp_path)
     msg = str(e.value)
-    assert "'zero' stage" in msg and "python train_pipeline.py --stage zero --config t" in msg
+    # the command that builds it: this run's --config, --name and --runs_dir (the name is not a config)
+    assert "'zero' stage" in msg and f"python train_pipeline.py --stage zero --config {MICRO} --name t" in msg
     with pytest.raises(SystemExit) as e:
         run("all_rl", tmp_path)
     msg = str(e.value)
@@ -143,7 +144,8 @@ def test_all_stages_end_to_end_kill_resume_skip_force(tmp_path, monkeypatch, cap
     assert "[all] distill: finished, skipping" in capsys.readouterr().out
     assert all(os.path.getmtime(d / p / "model.pt") == t for p, t in done.items())
     before = os.path.getmtime(d / "rm_safety" / "model.pt")
-    run("reward_models", runs)
+    with pytest.raises(SystemExit, match="'reward_models' stage of run 't' is already finished.*add --force"):
+        run("reward_models", runs)                           # a finished stage alone is refused, untouched
     assert os.path.getmtime(d / "rm_safety" / "model.pt") == before
     run("reward_models", runs, "t", "--force")
     assert os.path.getmtime(d / "rm_safety" / "model.pt") > before
