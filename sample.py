@@ -1,8 +1,10 @@
 """Batched generation with the latent KV cache: ragged prompts, temperature / top-p / top-k, EOS stopping,
-per-token logprobs (GRPO's pi_old), and a CLI to talk to a checkpoint.
+per-token logprobs (GRPO's pi_old), and a CLI to talk to a checkpoint (python sample.py --help for more):
 
-    python sample.py --ckpt runs/toy/pretrain/model.pt --prompt "12+34=" --temperature 0
-    python sample.py --ckpt runs/toy/zero/model.pt --prompt "What is 17*3?" --template r1zero -n 4
+    python sample.py --ckpt docs/toy_run/zero/model.pt "What is 17 + 25?"      # the stage's template, picked for you
+    python sample.py --ckpt runs/toy/zero/model.pt "What is 17*3" -n 4         # 4 samples, each with its stop reason
+    python sample.py --ckpt runs/toy/cold_start/model.pt -i                     # interactive: one question a line
+    python sample.py --ckpt runs/toy/pretrain/model.pt --template none --temperature 0 "12+34="   # raw continuation
 
 How a batch is generated (generate):
   1. prefill: the prompts, right-padded to the longest, go through model.decode at positions 0..L-1 in one call;
@@ -14,8 +16,11 @@ How a batch is generated (generate):
 The cache is preallocated once (B, L_max + max_new_tokens, ...) and written in place.
 """
 import argparse
+import json
+import math
 import os
 import sys
+import zipfile
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +28,8 @@ import torch
 import data
 import kernels
 import tokenizer
-from common import build_model_from_checkpoint
+from common import load_checkpoint, run_cli
+from model import ModelArgs, Transformer
 
 
 @dataclass
@@ -220,43 +226,257 @@ def generate_recompute(model, prompts, max_new_tokens, *, eos_id=None, pad_id=0)
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
-def _fail(msg: str) -> int:
-    print(f"sample.py: {msg}", file=sys.stderr)
-    return 1
+# The prompt formats of the pipeline (data.py). Which one a model answers depends on the stage that trained it
+# (train_pipeline.py): the base model and R1-Zero were trained and evaluated with the R1-Zero template (R1 Table 1);
+# every SFT and RL stage from the cold start on uses the chat markup <|user|>question<|assistant|>.
+TEMPLATES = {"none": lambda q: q, "r1zero": data.r1zero_prompt, "chat": data.chat_task_prompt}
+R1ZERO_HEAD = data.R1ZERO_TEMPLATE.split("{prompt}")[0]      # "A conversation between User and Assistant. ..."
+
+EXAMPLES = """\
+examples:
+  python sample.py --ckpt docs/toy_run/zero/model.pt "What is 17 + 25?"
+  python sample.py --ckpt runs/toy/zero/model.pt "Make 20 from 1, 5, 3, 9 with + - * /, each number used once" -n 4
+  python sample.py --ckpt runs/toy/cold_start/model.pt -i            # ask one question after another
+  python sample.py --ckpt runs/toy/pretrain/model.pt --template none --temperature 0 "12+34="   # raw continuation
+
+templates (--template; auto picks the one the checkpoint's stage was trained with, from its run folder
+runs/<name>/<stage>/model.pt, and says which on stderr):
+  r1zero  R1's Table 1 text around the question, "... User: QUESTION. Assistant:"
+          (pretrain, zero, pretrain_student_*, rl_student_*)
+  chat    <|user|>QUESTION<|assistant|>
+          (cold_start, reasoning_rl, rejection_sft, all_rl, distill_*)
+  none    the prompt exactly as typed (auto falls back to it when the stage is unknown)
+With a template, only the model's answer is printed; with none, the prompt is echoed and continued
+(in -i, only the answers are printed).
+The toy models know the toy world's wording best: "What is 17+25", "Compute 24*7",
+"Make 20 from 1, 5, 3, 9 with + - * /, each number used once"."""
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Talk to a minR1 checkpoint.")
-    p.add_argument("--ckpt", required=True, help="a model.pt written by train_pipeline.py")
-    p.add_argument("--prompt", required=True, help="the text to continue (or the question, with --template)")
+def template_of_stage(stage: str):
+    """The template a stage's model was trained with ("r1zero" | "chat"), None for a name that is no policy stage
+    (reward models rm_*, unknown folders). distill's folders carry the student's name: pretrain_student_<s> and
+    rl_student_<s> are the R1-Zero recipe on a student, distill_<s> is SFT on R1's chat-format answers."""
+    if stage in ("pretrain", "zero") or stage.startswith(("pretrain_student_", "rl_student_")):
+        return "r1zero"
+    if stage in ("cold_start", "reasoning_rl", "rejection_sft", "all_rl") or stage.startswith("distill_"):
+        return "chat"
+    return None
+
+
+def checkpoint_stage(path: str, ckpt: dict):
+    """(stage, where it was read) of a checkpoint, or (None, why it is unknown). A checkpoint that records its
+    stage is believed first. The pipeline's own do not record it (their "config" entry is the run's, the same for
+    every stage), but train_pipeline.py writes each stage to runs/<name>/<stage>/model.pt, so the folder names it
+    (config.json beside it is that same run config, so it cannot tell the stages apart either)."""
+    if isinstance(ckpt.get("stage"), str) and template_of_stage(ckpt["stage"]):
+        return ckpt["stage"], "recorded in the checkpoint"
+    folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    if template_of_stage(folder):
+        return folder, f"its folder is {folder}/"
+    return None, f"its folder '{folder}' is not a stage name"
+
+
+def choose_template(requested: str, path: str, ckpt: dict):
+    """(template, note for stderr or None). auto: the template of the checkpoint's stage, or none when the stage is
+    unknown (the prompt as typed: no guess wraps it in a format the model may never have seen)."""
+    stage, where = checkpoint_stage(path, ckpt)
+    trained = template_of_stage(stage) if stage else None
+    if requested == "auto":
+        if trained:
+            return trained, f"template: {trained} (the checkpoint is from the {stage} stage: {where})"
+        return "none", (f"template: none, the prompt as typed (the stage of {path} is unknown: {where}); pass "
+                        f"--template r1zero for a base or R1-Zero model, --template chat from cold_start on")
+    if trained and requested not in (trained, "none"):           # none (raw text) is a deliberate choice
+        return requested, f"warning: --template {requested}, but the {stage} stage was trained with {trained}"
+    return requested, None
+
+
+def format_prompt(question: str, template: str, auto: bool = False) -> str:
+    """The model's input for a question. Under --template auto, a prompt that already carries a template (the chat
+    markup or the R1-Zero text, typed by hand as was needed before auto existed) goes in as typed, not wrapped twice."""
+    if auto and (tokenizer.USER in question or question.startswith(R1ZERO_HEAD)):
+        return question
+    return TEMPLATES[template](question)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # argparse would print the whole usage and exit 2; one line (common.run_cli prints it) says more at a glance
+        raise SystemExit(f"{message} (python sample.py --help shows the usage)")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The options, every value checked here, before a checkpoint is read: a bad one fails in a second with one
+    line, not after loading a large model (or deep inside generate with a traceback)."""
+    p = _Parser(prog="sample.py", description="Ask a minR1 checkpoint a question (or continue a text).",
+                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("prompt", nargs="?", metavar="QUESTION",
+                   help="the question (with --template none, the text to continue); without one, sample.py "
+                        "asks interactively when stdin is a terminal")
+    p.add_argument("--prompt", dest="prompt_opt", metavar="PROMPT", help="the same as the positional prompt")
+    p.add_argument("--ckpt", required=True, help="a model.pt written by train_pipeline.py (runs/<name>/<stage>/)")
+    p.add_argument("-i", "--interactive", action="store_true",
+                   help="read questions from stdin, one a line, and answer each (exit, Ctrl-D or Ctrl-C quits)")
+    p.add_argument("--template", choices=["auto", *TEMPLATES], default="auto",
+                   help="how the question is wrapped (default auto: from the checkpoint's stage; see below)")
     p.add_argument("-n", type=int, default=1, help="completions to sample (streamed when 1)")
     p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy; R1's evaluation uses 0.6")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (R1's evaluation: 0.95)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling, in (0, 1]; 1 = off (R1: 0.95)")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--template", choices=["none", "r1zero"], default="none",
-                   help="r1zero: wrap the prompt in the R1-Zero template (R1 Table 1)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: as many as max_seq_len allows, up to 512")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="default: as many as max_seq_len allows, up to 512")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--attn", choices=["absorbed", "naive"], default="absorbed")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args(argv)
+
+    if a.prompt is not None and a.prompt_opt is not None:
+        raise SystemExit("give the prompt once: positional or --prompt, not both")
+    if a.prompt is None:
+        a.prompt = a.prompt_opt
+    if a.prompt is not None and not a.prompt.strip():
+        raise SystemExit("the prompt is empty: give a question, e.g. \"What is 17+25\", or -i to ask interactively")
+    if a.prompt is not None and a.interactive:
+        raise SystemExit("-i reads the questions from stdin: give no prompt with it")
+    if a.prompt is None and not a.interactive:
+        if not sys.stdin.isatty():     # no terminal to ask on: a script that forgot its prompt should fail loudly
+            raise SystemExit("no prompt: give a question after the options, or -i to read questions from stdin")
+        a.interactive = True
     if a.n < 1:
-        return _fail(f"-n must be >= 1, got {a.n}")
-    if not os.path.isfile(a.ckpt):
-        return _fail(f"no checkpoint at {a.ckpt}")
+        raise SystemExit(f"-n must be >= 1, got {a.n}")
+    if a.max_new_tokens is not None and a.max_new_tokens < 1:
+        raise SystemExit(f"--max-new-tokens must be >= 1, got {a.max_new_tokens}")
+    if not (math.isfinite(a.temperature) and a.temperature >= 0):
+        raise SystemExit(f"--temperature must be a finite number >= 0 (0 = greedy), got {a.temperature}")
+    if not 0 < a.top_p <= 1:                                    # also false for nan
+        raise SystemExit(f"--top-p must be in (0, 1] (1 = no nucleus truncation), got {a.top_p}")
+    if a.top_k < 0:
+        raise SystemExit(f"--top-k must be >= 0 (0 = off), got {a.top_k}")
+    if torch.device(a.device).type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {a.device}: no CUDA device here; use --device cpu")
+    return a
+
+
+# ---------------------------------------------------------------------------------------- loading a checkpoint
+def _model_hint(path: str) -> str:
+    """Where the model probably is, for a path that is not it: the model.pt of the same folder, when there is one."""
+    beside = os.path.join(os.path.dirname(os.path.abspath(path)), "model.pt")
+    if os.path.isfile(beside) and not os.path.samefile(beside, path):
+        return f"; the model of that folder is {os.path.join(os.path.dirname(path), 'model.pt')}"
+    return "; a model checkpoint is the model.pt of a run folder, runs/<name>/<stage>/model.pt"
+
+
+def check_checkpoint_file(path: str):
+    """Fail with one line, before torch reads anything, on a path that cannot be a model checkpoint. Only a file
+    that looks like torch.save output goes on to common.load_checkpoint, whose "corrupt or truncated ... delete it"
+    is then right; said of someone's eval.json, it would have them delete their results."""
+    if not os.path.exists(path):
+        raise SystemExit(f"no checkpoint at {path} (training writes runs/<name>/<stage>/model.pt, e.g. "
+                         f"`python train_pipeline.py --stage zero --config toy` writes runs/toy/zero/model.pt)")
+    if os.path.isdir(path):
+        inside = os.path.join(path, "model.pt")
+        hint = f"; did you mean {inside}?" if os.path.isfile(inside) else ""
+        raise SystemExit(f"{path} is a directory, not a checkpoint file{hint}")
+    with open(path, "rb") as f:
+        head = f.read(512)
+    # torch.save writes a zip archive (it starts with PK\x03\x04) holding <name>/data.pkl; the files of torch < 1.6
+    # are a plain pickle (\x80 = its protocol opcode). A zip whose end is missing is a truncated checkpoint.
+    if head.startswith(b"\x80"):
+        return
+    if head.startswith(b"PK\x03\x04"):
+        if not zipfile.is_zipfile(path):
+            return                                              # truncated: load_checkpoint says so
+        with zipfile.ZipFile(path) as z:
+            if any(n.endswith("data.pkl") for n in z.namelist()):
+                return
+        what = "a zip archive, but not one written by torch.save"
+    elif not head:
+        what = "an empty file"
+    else:
+        try:
+            head.decode("utf-8")
+            what = "a text file"
+        except UnicodeDecodeError:
+            what = "not a file written by torch.save"
+    raise SystemExit(f"{path} is not a model checkpoint (it is {what}){_model_hint(path)}")
+
+
+def _config_beside(path: str):
+    """The run's config.json next to the checkpoint (what a stage folder holds), or None."""
+    cfg_path = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+    if not os.path.isfile(cfg_path):
+        return None
     try:
-        model, ckpt = build_model_from_checkpoint(a.ckpt, device=a.device)
-    except Exception as e:   # missing keys, truncated file, wrong shapes: one line, no traceback
+        with open(cfg_path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{cfg_path} is not valid JSON ({e.msg}, line {e.lineno})") from None
+
+
+def load_model(path: str, device="cpu"):
+    """(model in fp32 and eval mode on device, the checkpoint dict, tokenizer name) from a model.pt.
+
+    Besides the pipeline's own checkpoints (common.save_model: weights, model_args, tokenizer, ...), this takes
+    weights stored in bf16 (half the file, as the weights shipped in docs/ are) and weights without their
+    model_args or tokenizer (a bare state dict, or a slimmed checkpoint), which then come from the config.json
+    that every run folder holds beside model.pt."""
+    check_checkpoint_file(path)
+    ckpt = load_checkpoint(path)                  # one-line CheckpointError when corrupt or truncated
+    if not isinstance(ckpt, dict) or not ckpt:
+        raise SystemExit(f"{path} is not a model checkpoint (it holds {type(ckpt).__name__}){_model_hint(path)}")
+    if "kind" in ckpt and "model" in ckpt:        # reward_model.build saves kind = "pairs" | "pointwise"
+        raise SystemExit(f"{path} is a reward model ({ckpt['kind']}): it scores answers and does not write them; "
+                         f"sample from a policy's model.pt, e.g. runs/<name>/all_rl/model.pt")
+    state = ckpt.get("model")
+    if state is None and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        state, ckpt = ckpt, {}                    # a bare state dict
+    if not isinstance(state, dict) or not state:
+        raise SystemExit(f"{path} is not a model checkpoint: it has no model weights (entries: "
+                         f"{', '.join(sorted(map(str, ckpt))[:8])}){_model_hint(path)}")
+    for prefix in ("module.", "_orig_mod."):      # a state dict taken from a DDP / compiled wrapper
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+
+    config = None if "model_args" in ckpt and "tokenizer" in ckpt else _config_beside(path)
+    args = ckpt.get("model_args")
+    if args is None:
+        if not config or "model" not in config:
+            raise SystemExit(f"{path} has weights but no model_args, and there is no config.json with a model "
+                             f"section beside it to say the model's shape")
+        # the config's vocab_size is a placeholder that training replaces by the tokenizer's: read it off the weights
+        args = {**config["model"], "vocab_size": state["embed.weight"].shape[0]} if "embed.weight" in state \
+            else config["model"]
+    tok_name = ckpt.get("tokenizer") or (config or {}).get("tokenizer") or "toy"
+
+    # The model samples in fp32 (as the pipeline does): weights saved in bf16 are cast up here, explicitly, so the
+    # result is the same whatever dtype the Transformer is built in (bf16 matmuls are slow or missing on many CPUs).
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        model = Transformer(ModelArgs(**args)).float()
+        model.load_state_dict(state)
+    except (TypeError, RuntimeError) as e:        # unknown model_args key, missing / misshapen weights
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        return _fail(f"cannot load checkpoint {a.ckpt}: {first}")
-    tok = tokenizer.get_tokenizer(ckpt.get("tokenizer") or "toy")
-    text = data.r1zero_prompt(a.prompt) if a.template == "r1zero" else a.prompt
+        raise SystemExit(f"{path}: the weights do not fit the model they describe ({first})") from None
+    return model.to(device).eval(), ckpt, tok_name
+
+
+# ------------------------------------------------------------------------------------------- asking the model
+class PromptTooLong(ValueError):
+    """A prompt that leaves no room for the answer: fatal for one prompt, a message and the next question in -i."""
+
+
+def respond(model, tok, text: str, a, echo: bool, out=None):
+    """Sample a.n completions of `text` and print them to out: one streams token by token; several are printed in
+    turn under a header with their length, stop reason and mean logprob. echo: print the prompt before the
+    completion (a continuation reads as one text; after a template, only the answer is of interest)."""
+    out = out or sys.stdout
     ids = tok.encode(text)
     room = model.args.max_seq_len - len(ids)
     max_new = a.max_new_tokens if a.max_new_tokens is not None else min(512, room)
     if room < 1 or max_new > room:
-        return _fail(f"prompt of {len(ids)} tokens + {max_new} new tokens exceeds max_seq_len={model.args.max_seq_len}")
-
+        raise PromptTooLong(f"prompt of {len(ids)} tokens + {max_new} new tokens exceeds the model's "
+                            f"max_seq_len={model.args.max_seq_len}")
+    prefix = text if echo else ""
     streamed = {"ids": [], "printed": 0}
 
     def stream(step, new):   # n == 1: print the text as it grows (wait while a UTF-8 character is incomplete)
@@ -265,25 +485,83 @@ def main(argv=None) -> int:
         streamed["ids"].append(int(new[0]))
         s = tok.decode(streamed["ids"])
         if not s.endswith("\ufffd"):
-            print(s[streamed["printed"]:], end="", flush=True)
+            print(s[streamed["printed"]:], end="", file=out, flush=True)
             streamed["printed"] = len(s)
 
     if a.n == 1:
-        print(text, end="", flush=True)
+        print(prefix, end="", file=out, flush=True)
     gen = generate(model, [ids] * a.n, max_new, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
                    eos_id=tok.eos_id, pad_id=tok.pad_id, seed=a.seed, attn=a.attn,
                    on_token=stream if a.n == 1 else None)
     if a.n == 1:
-        print(tok.decode(streamed["ids"])[streamed["printed"]:])       # what a trailing partial character held
-        return 0
+        print(tok.decode(streamed["ids"])[streamed["printed"]:], file=out, flush=True)   # a trailing partial char
+        return
     for i in range(a.n):
         n_i = int(gen.lengths[i])
         end = "EOS" if bool(gen.finished[i]) else "length"
         print(f"--- sample {i + 1}/{a.n} ({n_i} tokens, stop: {end}, "
-              f"mean logprob {gen.logprobs[i, :n_i].mean().item():.3f}) ---")
-        print(text + tok.decode(gen.tokens[i, :n_i].tolist()))
+              f"mean logprob {gen.logprobs[i, :n_i].mean().item():.3f}) ---", file=out)
+        text_i = gen.tokens[i, :n_i - int(gen.finished[i])].tolist()        # the EOS is in the header, not the text
+        print(prefix + tok.decode(text_i), file=out, flush=True)
+
+
+def interact(model, tok, template: str, a, auto: bool = False, stdin=None, out=None) -> int:
+    """The read-eval loop of -i: read a question (one line), wrap it in the template, sample, print the answer, again.
+    Each question is asked on its own, single-turn, as every stage of the pipeline was trained. exit / quit, end of
+    input (Ctrl-D) or Ctrl-C end it with status 0. Prompts and notes go to stderr, so stdout holds only answers."""
+    stdin = stdin or sys.stdin
+    out = out or sys.stdout
+    at_terminal = stdin is sys.stdin and stdin.isatty()
+    if at_terminal:
+        try:
+            import readline  # noqa: F401  (imported for its side effect: line editing and history in input())
+        except ImportError:
+            pass
+    print("Ask a question; exit, Ctrl-D or Ctrl-C quits.", file=sys.stderr)
+    try:
+        while True:
+            if at_terminal:
+                line = input("> ")                        # EOFError at Ctrl-D
+            else:
+                print("> ", end="", file=sys.stderr, flush=True)
+                line = stdin.readline()
+                if not line:                              # end of input
+                    break
+            question = line.strip()
+            if question in ("exit", "quit"):
+                break
+            if not question:
+                continue
+            text = format_prompt(question, template, auto)
+            try:
+                respond(model, tok, text, a, echo=False, out=out)   # the question is on the screen already
+            except PromptTooLong as e:
+                print(f"error: {e}", file=sys.stderr)
+    except (EOFError, KeyboardInterrupt):
+        pass
+    print(file=sys.stderr)                                # the shell's prompt on a line of its own
+    return 0
+
+
+def main(argv=None) -> int:
+    """The CLI (see --help). A bad input raises SystemExit("..."), which common.run_cli prints as one line,
+    "error: ...", with exit status 2."""
+    a = parse_args(argv)
+    model, ckpt, tok_name = load_model(a.ckpt, a.device)
+    tok = tokenizer.get_tokenizer(tok_name)
+    template, note = choose_template(a.template, a.ckpt, ckpt)
+    if note:
+        print(note, file=sys.stderr)
+    auto = a.template == "auto"
+    if a.interactive:
+        return interact(model, tok, template, a, auto=auto)
+    text = format_prompt(a.prompt, template, auto)
+    try:
+        respond(model, tok, text, a, echo=text == a.prompt)
+    except PromptTooLong as e:
+        raise SystemExit(str(e)) from None
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))
