@@ -17,15 +17,23 @@ function plugs into grpo.py or into TRL's GRPOTrainer(reward_funcs=[...]).
     reward.components(prompts, completions, ...)                          # -> {"accuracy_reward": [...], ...}
 
     python rewards.py            # scores a few example completions and reports what the code sandbox isolates
-    python -m pytest tests/test_rewards.py -q
+    python rewards.py --help
+    python -m pytest tests/test_rewards.py tests/test_rewards_fuzz.py -q
 
 Robustness rules (the completions are model output, i.e. hostile input):
-- no reward ever raises on a completion or hangs: per-sample work is wrapped (malformed -> 0.0), all parsing is
-  str.find/rfind/count or regexes without nested quantifiers (linear time), and inputs are capped in length;
+- no reward ever raises on a completion or hangs: per-sample work is wrapped (malformed -> 0.0), and the public
+  helpers keep their documented return types on any input (countdown_correct is a bool even for "1 2");
+- every input is capped in length BEFORE it is normalised or parsed (NFKC can expand a character 18x, so the
+  result is capped again), and all parsing is single passes, str.find/rfind/count/split, numpy, or regexes whose
+  repetitions cannot overlap (linear time); the one quadratic helper (_unwrap) only sees MAX_NUMBER_CHARS;
+- the checkers are built not to pay for a wrong answer: whitespace between digits is kept ("4 2" is not 42),
+  superscripts stay exponents ("4²" is not 42), an empty <answer></answer> is an empty answer, and the format
+  rewards want visible text in each block (zero-width, control and format characters are not content);
 - model output is never eval'd: countdown expressions go through `ast` with a whitelist and exact Fractions;
   code runs only inside the sandbox (run_code): a separate `python -I` process with an empty environment,
   rlimits, its own session, namespaces and an unprivileged uid where the machine allows (see run_code).
 """
+import argparse
 import ast
 import math
 import os
@@ -66,7 +74,10 @@ def _text(completion):
         return str(completion[-1].get("content", ""))  # the assistant's message is the last one
     if isinstance(completion, dict):
         return str(completion.get("content", ""))
-    return "" if completion is None else str(completion)
+    try:
+        return "" if completion is None else str(completion)
+    except ValueError:   # str() of an int over Python's 4300-digit limit: not text, so no answer in it
+        return ""
 
 
 def _column(values, n, name, default=None):
@@ -101,6 +112,63 @@ def _strip_end_tokens(s):
         else:
             break
     return s
+
+
+# Characters of a printing category (letter, number, punctuation, symbol) that nevertheless render as blank space:
+# the Hangul fillers and the empty Braille pattern. Without them "<think>\u3164</think>" would count as reasoning.
+_BLANK_GLYPHS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+_ASCII_VISIBLE_RE = re.compile(r"[!-~]")
+
+
+def _shows(c):
+    return unicodedata.category(c)[0] in "LNPS" and c not in _BLANK_GLYPHS
+
+
+def _visible(s):
+    """True if s has a character that shows: a letter, number, punctuation mark or symbol. Whitespace, control and
+    format characters (NUL, zero-width spaces and joiners, BOM, bidi marks: categories Cc/Cf/Zs/Zl/Zp),
+    unassigned, private-use and surrogate code points, lone combining marks (variation selectors, the grapheme
+    joiner) and _BLANK_GLYPHS are not content. Normal text answers from its first characters. A long invisible
+    string costs C-speed passes (an ASCII regex, an encode, a numpy bincount of its code points) and then one
+    unicodedata lookup per DISTINCT code point: linear, at worst ~0.3 s for a megabyte of distinct invisible ones."""
+    if any(_shows(c) for c in s[:64]) or _ASCII_VISIBLE_RE.search(s):
+        return True
+    try:
+        raw = s.encode("utf-32-le")
+    except UnicodeEncodeError:   # lone surrogates (invisible anyway): UTF-8's "ignore" drops them at C speed
+        raw = s.encode("utf-8", "ignore").decode("utf-8").encode("utf-32-le")
+    counts = np.bincount(np.frombuffer(raw, dtype="<u4"), minlength=1)
+    return any(_shows(chr(c)) for c in np.flatnonzero(counts).tolist())
+
+
+_NON_ASCII_RE = re.compile(r"[^\x00-\x7f]")
+_UNICODE_SIGNS = str.maketrans({"\u2212": "-", "\u2013": "-", "\u2012": "-", "\u2014": "-", "\u00d7": "*",
+                                "\u00f7": "/", "\u2215": "/"})
+
+
+def _keep_script(m):
+    """One non-ASCII character, made safe for NFKC: a superscript or subscript keeps its role ("²" -> "^2",
+    "₂" -> "_2"; plain NFKC would make "4²" the number 42) and another compatibility number is parenthesised so its
+    digits cannot fuse with a neighbour ("4①" -> "4(1)", not 41). Anything else is left for NFKC."""
+    c = m.group()
+    decomposition = unicodedata.decomposition(c)
+    if decomposition.startswith("<super>"):
+        return "^" + unicodedata.normalize("NFKC", c)
+    if decomposition.startswith("<sub>"):
+        return "_" + unicodedata.normalize("NFKC", c)
+    if decomposition.startswith("<") and unicodedata.category(c) == "No":
+        return "(" + unicodedata.normalize("NFKC", c) + ")"
+    return c
+
+
+def _nfkc(s, limit):
+    """NFKC (full-width digits, ligatures, ...) plus unicode minus/times/divide signs, for a string already capped
+    by the caller. NFKC can expand one character 18x ("\ufdfa"), so the result is capped again: longer -> ValueError."""
+    if not s.isascii():
+        s = unicodedata.normalize("NFKC", _NON_ASCII_RE.sub(_keep_script, s))
+        if len(s) > limit:
+            raise ValueError("too long after unicode normalisation")
+    return s.translate(_UNICODE_SIGNS)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -179,17 +247,22 @@ def extract_answer(text):
     R1-Zero layout: the content of the LAST <answer>...</answer> block, else the last \boxed{...}.
     Cold-start layout "<|sep|>reasoning<|sep|>summary": the answer lives in the summary: its last <answer> block,
     else its last \boxed{}, else the X of "the answer is X", else the whole summary.
-    An empty answer counts as no answer."""
+    An answer without visible characters counts as no answer, and an empty answer block IS the answer: only text
+    after it may still supply one (a \boxed{} inside <think> must not stand in for an answer the model left empty)."""
     text = _text(text)
     parts = split_cold_start(text)
     if parts is not None:
-        summary = parts[1]
-        candidates = (_last_tag_block(summary, ANSWER_OPEN, ANSWER_CLOSE), _last_boxed(summary),
-                      _answer_is(summary), _strip_end_tokens(summary)[-MAX_ANSWER_CHARS:])
-    else:
-        candidates = (_last_tag_block(text, ANSWER_OPEN, ANSWER_CLOSE), _last_boxed(text))
+        text = parts[1]
+    block = _last_tag_block(text, ANSWER_OPEN, ANSWER_CLOSE)
+    if block is not None:
+        if _visible(block):
+            return block.strip()
+        text = text[text.rfind(ANSWER_CLOSE) + len(ANSWER_CLOSE):]
+    candidates = [_last_boxed(text)]
+    if parts is not None:
+        candidates += [_answer_is(text), _strip_end_tokens(text)[-MAX_ANSWER_CHARS:]]
     for c in candidates:
-        if c is not None and c.strip():
+        if c is not None and _visible(c):
             return c.strip()
     return None
 
@@ -197,76 +270,114 @@ def extract_answer(text):
 # ----------------------------------------------------------------------------------------------------------------
 # Math accuracy: normalise, then compare exactly (Fractions, never floats)
 
-_UNICODE_SIGNS = str.maketrans({"\u2212": "-", "\u2013": "-", "\u2012": "-", "\u2014": "-", "\u00d7": "*",
-                                "\u00f7": "/", "\u2215": "/"})
 _LEFT_RIGHT_RE = re.compile(r"\\(?:left|right)(?![A-Za-z])")   # \left( ... \right) -> ( ... ); not \leftarrow
 _TEXT_RE = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox)\{([^{}]*)\}")
 _VAR_EQ_RE = re.compile(r"[A-Za-z]\s*=")                        # "x = 5" -> "5"
+_ANSWER_PHRASE_RE = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s+is\s*[:：]?|答案[是为][:：]?", re.IGNORECASE)
+# "42 apples", "5 cm", "3 square meters": a number, then one to three words of two or more letters. Single letters
+# ("2 x") and the names below are algebra, not units: "2 pi" must not read as 2.
+_UNIT_RE = re.compile(r"(\S+)\s+([A-Za-z]{2,}(?:\s+[A-Za-z]{2,}){0,2})")
+_NOT_UNITS = {"pi", "sqrt", "mod", "times", "cdot", "and", "or", "plus", "minus", "over", "squared", "cubed"}
+# After whitespace runs are collapsed to one space: drop every space except one between a digit (or a comma or a
+# decimal point) and a digit. "1 / 2" == "1/2" and "x + 1" == "x+1", but "4 2" stays two numbers, and "2, 333" a list
+# (only "2,333", without the space, is a thousands grouping).
+_SPACE_RE = re.compile(r"(?<![\d,.]) | (?!\d)")
 _THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d*)?")
-_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)"                            # no exponent: "1e999999999" must not be built
+# A decimal with an optional exponent of at most three digits: "1e2" is 100, but "1e999999999" is not a number we
+# build (it would be a billion-digit integer), so it is compared as a string.
+_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,3})?"
 _NUMBER_RE = re.compile(_NUMBER)
 
 
-def _frac_group(s, i):
-    r"""An argument of \frac starting at s[i] (after spaces): {balanced} or a single character. -> (arg, next_i)."""
-    while i < len(s) and s[i] == " ":
-        i += 1
-    if i >= len(s):
-        raise ValueError("\\frac without arguments")
-    if s[i] == "{":
-        arg = _balanced_group(s, i, limit=len(s))
-        if arg is None:
-            raise ValueError("unbalanced braces in \\frac")
-        return arg, i + len(arg) + 2
-    return s[i], i + 1
-
-
 def _replace_fracs(s):
-    r"""\frac{a}{b} (and \frac12) -> (a)/(b). The rightmost \frac has no \frac inside its arguments, so replacing
-    right to left never needs recursion; answers are short (capped), so the O(n^2) worst case is harmless."""
-    for _ in range(len(s)):
-        pos = s.rfind("\\frac")
-        if pos < 0:
-            return s
-        num, i = _frac_group(s, pos + len("\\frac"))
-        den, i = _frac_group(s, i)
-        s = f"{s[:pos]}({num})/({den}){s[i:]}"
-    return s
+    r"""\frac{a}{b} (and \frac12, \frac 3 4) -> (a)/(b), in one left-to-right pass: a stack remembers, for each open
+    brace, whether it opened a numerator, a denominator or plain braces, so nested fractions never rescan the string
+    (linear on any input). Raises ValueError when a \frac lacks an argument or one of its braces never closes."""
+    if "\\frac" not in s:
+        return s
+    out, stack = [], []   # stack: "num" | "den" | "{" per open brace
+    need = 0              # arguments the last \frac still waits for: 2 (numerator), 1 (denominator) or 0
+    i, n = 0, len(s)
+    while i < n:
+        c = s[i]
+        if need and c == " ":          # "\frac 3 4": spaces before an argument are skipped
+            pass
+        elif need and c == "{":        # a braced argument: its content is scanned as usual, fractions included
+            stack.append("num" if need == 2 else "den")
+            out.append("(")
+            need = 0
+        elif need:                     # a one-character argument: "\frac12"
+            out.append(f"({c})/" if need == 2 else f"({c})")
+            need -= 1
+        elif s.startswith("\\frac", i):
+            need = 2
+            i += len("\\frac")
+            continue
+        elif c == "{":
+            stack.append("{")
+            out.append("{")
+        elif c == "}" and stack:
+            role = stack.pop()
+            out.append({"num": ")/", "den": ")", "{": "}"}[role])
+            need = 1 if role == "num" else 0
+        else:
+            out.append(c)
+        i += 1
+    if need or "num" in stack or "den" in stack:
+        raise ValueError("\\frac without its two arguments")
+    return "".join(out)
 
 
 def normalize_answer(ans):
-    r"""Canonical string form of a math answer: unicode (NFKC, minus signs), $ and \( \) delimiters, \boxed,
-    \left/\right, \dfrac/\tfrac/\frac, \text{}, "x = ", trailing ".", whitespace. Raises ValueError when the
-    LaTeX is malformed (the caller scores 0)."""
-    s = unicodedata.normalize("NFKC", str(ans)).translate(_UNICODE_SIGNS)
+    r"""Canonical string form of a math answer: unicode (NFKC with superscripts kept as exponents, minus signs),
+    $ and \( \) delimiters, \boxed, \left/\right, \dfrac/\tfrac/\frac, \text{}, "10{,}000", "the answer is"/"答案是",
+    "x = ", a trailing \% or unit ("5 \text{ cm}", "42 apples"), trailing "." or "。", whitespace (kept only between
+    digits). Raises ValueError when the LaTeX is malformed or the answer is longer than MAX_ANSWER_CHARS, before or
+    after unicode normalisation (the caller scores 0): the length is checked before any other work."""
+    s = str(ans)
+    if len(s) > MAX_ANSWER_CHARS:
+        raise ValueError(f"answer longer than {MAX_ANSWER_CHARS} characters")
+    s = _nfkc(s, MAX_ANSWER_CHARS)
     if "\\boxed{" in s:
         boxed = _last_boxed(s)
         s = boxed if boxed is not None else s
     for a, b in (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\(", ""), ("\\)", ""), ("\\[", ""), ("\\]", ""),
                  ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\:", ""), ("\\ ", " "), ("\\$", ""), ("$", ""),
-                 ("\\{", "{"), ("\\}", "}")):
+                 ("\\{", "{"), ("\\}", "}"), ("{,}", ",")):
         s = s.replace(a, b)
     s = _LEFT_RIGHT_RE.sub("", s)
-    s = _TEXT_RE.sub(r"\1", s)
+    s = _TEXT_RE.sub(r" \1 ", s)   # spaced: "5\text{cm}" is a number and a unit, not the string "5cm"
     s = _replace_fracs(s)
-    s = s.strip()
+    s = s.strip().rstrip(".。").strip()
+    m = _ANSWER_PHRASE_RE.match(s)
+    if m:
+        s = s[m.end():].strip()
     m = _VAR_EQ_RE.match(s)
     if m:
-        s = s[m.end():]
-    s = "".join(s.split())   # all whitespace: "1 / 2" == "1/2", "x + 1" == "x+1"
-    return s.rstrip(".")     # "405." -> "405"
+        s = s[m.end():].strip()
+    if s.endswith("\\%"):          # "75\%": MATH-style answers typeset the percent sign; the gold keeps the number
+        s = s[:-2].rstrip()
+    m = _UNIT_RE.fullmatch(s)
+    if m and m.group(2).split()[0].lower() not in _NOT_UNITS and parse_number(m.group(1)) is not None:
+        s = m.group(1)
+    s = _SPACE_RE.sub("", " ".join(s.split()))
+    return s.rstrip(".")           # "405." -> "405"
+
+
+_CLOSER = {"(": ")", "{": "}"}
 
 
 def _unwrap(x):
-    """Drop parentheses that wrap a whole term, keeping a sign in front: "((3))" -> "3", "-(3)" -> "-3".
-    Anything else keeps its parentheses ("(1)(2)" is a product, not the number 12)."""
+    """Drop parentheses (or braces) that wrap a whole term, keeping a sign in front: "((3))" -> "3", "-(3)" -> "-3",
+    "{6}" -> "6". Anything else keeps them ("(1)(2)" is a product, not the number 12). Quadratic in the nesting
+    depth, so callers pass short strings only (parse_number: at most MAX_NUMBER_CHARS)."""
     sign = ""
-    if x[:2] in ("-(", "+("):
+    if x[:2] in ("-(", "+(", "-{", "+{"):
         sign, x = x[0], x[1:]
-    while x.startswith("(") and x.endswith(")"):
-        depth = 0
-        for i, c in enumerate(x):  # the first "(" must close at the very end
-            depth += (c == "(") - (c == ")")
+    while len(x) >= 2 and x[0] in _CLOSER and x[-1] == _CLOSER[x[0]]:
+        opener, closer, depth = x[0], x[-1], 0
+        for i, c in enumerate(x):  # the first opener must close at the very end
+            depth += (c == opener) - (c == closer)
             if depth == 0 and i < len(x) - 1:
                 return sign + x
         x = x[1:-1]
@@ -274,8 +385,9 @@ def _unwrap(x):
 
 
 def parse_number(s):
-    """An exact Fraction for a normalised answer ("1,234", "+5", "-0.75", "3/4", "(-3)/(4)"), or None."""
-    if len(s) > MAX_NUMBER_CHARS:
+    """An exact Fraction for a normalised answer ("1,234", "+5", "-0.75", "1e2", "3/4", "(-3)/(4)", "{6}"), or None
+    (also for a non-string or one longer than MAX_NUMBER_CHARS, checked first)."""
+    if not isinstance(s, str) or len(s) > MAX_NUMBER_CHARS:
         return None
     if _THOUSANDS_RE.fullmatch(s):
         s = s.replace(",", "")
@@ -290,14 +402,18 @@ def parse_number(s):
 
 
 def math_equal(pred, gold):
-    """True when two answers are the same number (exactly) or, if either is not a number, the same string."""
-    if pred is None or gold is None or len(str(pred)) > MAX_ANSWER_CHARS:
+    """True when two answers are the same number (exactly) or, if either is not a number, the same string (spaces
+    aside). Always a bool: a malformed or over-long answer (normalize_answer's ValueError) is not equal."""
+    if pred is None or gold is None:
         return False
-    p, g = normalize_answer(pred), normalize_answer(gold)
+    try:
+        p, g = normalize_answer(pred), normalize_answer(gold)
+    except ValueError:
+        return False
     pn, gn = parse_number(p), parse_number(g)
     if pn is not None or gn is not None:
         return pn is not None and gn is not None and pn == gn
-    return p == g and p != ""
+    return p != "" and p.replace(" ", "") == g.replace(" ", "")
 
 
 def math_reward(prompts, completions, answer=None, **columns):
@@ -340,34 +456,46 @@ def _eval_countdown(node, used):
 
 
 def countdown_value(expr, nums):
-    """Exact value of a countdown expression that uses each of nums exactly once, or None if it is invalid.
+    """Exact value of a countdown expression that uses each of nums exactly once, or None if it is invalid (not a
+    string, longer than MAX_EXPR_CHARS, not an expression, a division by zero, a number used twice, ...).
 
     Accepted: integers, + - * /, parentheses, spaces (×, ÷ and − are read as *, / and -). Any other character
     (names, calls, attributes, %, ".", "," ...) is rejected before parsing; "**" and "//" pass the character check
-    but Pow and FloorDiv are not in the AST whitelist. The string is never eval'd, only walked."""
-    s = unicodedata.normalize("NFKC", expr).translate(_UNICODE_SIGNS).strip()
-    if not s or len(s) > MAX_EXPR_CHARS or not _EXPR_CHARS_RE.fullmatch(s):
+    but Pow and FloorDiv are not in the AST whitelist. The string is never eval'd, only walked. The length is
+    checked before unicode normalisation (which can expand a character 18x) and again after it."""
+    if not isinstance(expr, str) or len(expr) > MAX_EXPR_CHARS:
         return None
-    tree = ast.parse(s, mode="eval")
+    try:
+        s = _nfkc(expr, MAX_EXPR_CHARS).strip()
+    except ValueError:
+        return None
+    if not s or not _EXPR_CHARS_RE.fullmatch(s):
+        return None
     used = []
-    value = _eval_countdown(tree.body, used)
-    return value if Counter(used) == Counter(nums) else None
+    try:   # "1 2" passes the character check but is no expression; the length cap bounds the nesting depth
+        value = _eval_countdown(ast.parse(s, mode="eval").body, used)
+        return value if Counter(used) == Counter(nums) else None
+    except (SyntaxError, ValueError, TypeError, ZeroDivisionError, RecursionError, MemoryError):
+        return None
 
 
 def countdown_correct(answer, nums, target):
-    """True if `answer` ("(25 - 5) * 4", optionally followed by "= 80") reaches target using each num once."""
-    if answer is None:
+    """True if `answer` ("(25 - 5) * 4", optionally followed by "= 80") reaches target using each num once.
+    Always a bool: a malformed answer, nums or target is False."""
+    if not isinstance(answer, str):
         return False
     lhs = answer
-    if "=" in answer:  # allow a restated result, but it must be the target ("... = 81" is not accepted for 80)
-        lhs, rhs = answer.rsplit("=", 1)
-        if "=" in lhs or parse_number(normalize_answer(rhs)) != Fraction(str(target)):
-            return False
     try:
+        goal = Fraction(str(target))
+        if "=" in answer:  # allow a restated result, but it must be the target ("... = 81" is not accepted for 80)
+            lhs, rhs = answer.rsplit("=", 1)
+            # the restated result is a number: anything longer is wrong, and is not normalised at all
+            if "=" in lhs or len(rhs) > MAX_NUMBER_CHARS or parse_number(normalize_answer(rhs)) != goal:
+                return False
         value = countdown_value(lhs, _numbers(nums))
-    except ZeroDivisionError:
+    except (ValueError, TypeError, ArithmeticError):   # malformed nums/target columns, or an unparsable rhs
         return False
-    return value is not None and value == Fraction(str(target))
+    return value is not None and value == goal
 
 
 def countdown_reward(prompts, completions, nums=None, target=None, **columns):
@@ -433,22 +561,33 @@ def code_reward(prompts, completions, tests=None, all_or_nothing=False, max_work
 # General tasks: normalised exact match
 
 def _normalize_text(s):
-    s = unicodedata.normalize("NFKC", str(s)).lower()
+    """Lower case, NFKC (superscripts kept, see _nfkc), single spaces, no quotes or trailing punctuation. For a
+    string already capped by the caller."""
+    s = _nfkc(str(s), MAX_ANSWER_CHARS).lower()
     s = " ".join(s.split())
     return s.strip().strip("\"'`\u201c\u201d\u2018\u2019\u300c\u300d").rstrip(".。!！?？").strip()
 
 
+_LETTER_RE = re.compile(r"[^\W\d_]")
+
+
 def general_equal(pred, gold):
-    """Exact match after case/whitespace/trailing-punctuation normalisation (numbers compared exactly too)."""
-    if pred is None or gold is None or len(pred) > MAX_ANSWER_CHARS:
+    """Exact match after case/whitespace/trailing-punctuation normalisation; a gold answer that is a bare number
+    (no letters) also matches any spelling of that number ("1,000", "1000 people"). Always a bool; answers longer
+    than MAX_ANSWER_CHARS (checked before normalising) are not equal."""
+    if pred is None or gold is None:
         return False
-    p, g = _normalize_text(pred), _normalize_text(gold)
+    try:
+        pred, gold = str(pred), str(gold)
+        if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
+            return False
+        p, g = _normalize_text(pred), _normalize_text(gold)
+    except ValueError:   # str() of a huge int, or too long after unicode normalisation
+        return False
     if p and p == g:
         return True
-    try:
-        return math_equal(pred, gold) and parse_number(normalize_answer(gold)) is not None
-    except ValueError:
-        return False
+    # A gold like "3 apples" is text: "3 oranges" must not match it through the number-with-unit rule.
+    return not _LETTER_RE.search(g) and math_equal(pred, gold) and parse_number(normalize_answer(gold)) is not None
 
 
 def general_reward(prompts, completions, answer=None, **columns):
@@ -494,9 +633,9 @@ def accuracy_reward(prompts, completions, task=None, **columns):
 # Format (R1 §2.2.2): <think> reasoning </think> <answer> answer </answer>; cold start: <|sep|>reasoning<|sep|>summary
 
 def _r1zero_format_ok(text):
-    """Optional whitespace, exactly one non-empty <think> block, only whitespace, exactly one non-empty <answer>
-    block, only whitespace (trailing EOS/pad tokens are ignored). Nested, swapped, duplicated or unclosed tags and
-    any text outside the two blocks fail."""
+    """Optional whitespace, exactly one <think> block, only whitespace, exactly one <answer> block, only whitespace
+    (trailing EOS/pad tokens are ignored); both blocks hold visible text (see _visible: "\u200b" or NUL is not
+    content). Nested, swapped, duplicated or unclosed tags and any text outside the two blocks fail."""
     t = _strip_end_tokens(text).strip()
     if not (t.startswith(THINK_OPEN) and t.endswith(ANSWER_CLOSE)):
         return False
@@ -508,24 +647,28 @@ def _r1zero_format_ok(text):
     think = t[len(THINK_OPEN): think_end]
     between = t[think_end + len(THINK_CLOSE): answer_start]
     answer = t[answer_start + len(ANSWER_OPEN): -len(ANSWER_CLOSE)]
-    return bool(think.strip()) and not between.strip() and bool(answer.strip()) and SEP not in t
+    return _visible(think) and not between.strip() and _visible(answer) and SEP not in t
 
 
 def _cold_start_format_ok(text):
-    """Optional whitespace, <|sep|>, non-empty reasoning, <|sep|>, non-empty summary; exactly two separators, no
-    <think> tags (that is the other layout), at most one well-formed <answer> block, inside the summary."""
+    """Optional whitespace, <|sep|>, visible reasoning, <|sep|>, visible summary; exactly two separators, no
+    <think> tags (that is the other layout), at most one well-formed <answer> block, inside the summary and with
+    visible content."""
     t = _strip_end_tokens(text).strip()
     if not t.startswith(SEP) or t.count(SEP) != 2:
         return False
     if THINK_OPEN in t or THINK_CLOSE in t:
         return False
     reasoning, summary = split_cold_start(t)
-    if not reasoning.strip() or not summary.strip():
+    if not _visible(reasoning) or not _visible(summary):
         return False
     n_open, n_close = t.count(ANSWER_OPEN), t.count(ANSWER_CLOSE)
     if n_open != n_close or n_open > 1:
         return False
-    return n_open == 0 or 0 <= summary.find(ANSWER_OPEN) < summary.find(ANSWER_CLOSE)
+    if n_open == 0:
+        return True
+    start, end = summary.find(ANSWER_OPEN), summary.find(ANSWER_CLOSE)
+    return 0 <= start < end and _visible(summary[start + len(ANSWER_OPEN): end])
 
 
 def format_reward(prompts, completions, style="r1zero", **columns):
@@ -656,7 +799,13 @@ class combine:
 
 # ----------------------------------------------------------------------------------------------------------------
 
-if __name__ == "__main__":
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="minR1's rule-based rewards (R1 §2.2.2: accuracy, format, language consistency). Without "
+                    "options: score a few example completions (one line each: every reward, then their sum) and "
+                    "report which isolation the code sandbox has on this machine. The rewards themselves are used "
+                    "from Python: from rewards import accuracy_reward, format_reward, combine.")
+    parser.parse_args(argv)
     examples = [
         (" <think> 400 plus 5 is 405 </think> <answer> 405 </answer>",
          {"task": "arith", "answer": "405", "lang": "en"}),
@@ -673,3 +822,7 @@ if __name__ == "__main__":
     for i, (c, _) in enumerate(examples):
         print(" ".join(f"{k}={v[i]:.2f}" for k, v in comps.items()), "|", c.strip()[:60].replace("\n", " "))
     print("sandbox isolation on this machine:", ",".join(sorted(sandbox_features())))
+
+
+if __name__ == "__main__":
+    main()

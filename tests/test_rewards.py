@@ -1,13 +1,18 @@
 """
-Tests for rewards.py: answer extraction, math normalisation, countdown, format, language consistency, the
-combination, the reward-model hook, hostile strings (time-bounded), the code reward's extraction and batching.
+Tests for rewards.py: answer extraction, math normalisation (and the checker's known false positives and
+negatives), countdown, format (visible content), language consistency, the combination, the reward-model hook,
+hostile strings (time-bounded), documented return types on odd inputs, the command line, the code reward's
+extraction and batching. The random fuzz of every reward is tests/test_rewards_fuzz.py.
 
     python -m pytest tests/test_rewards.py -q
 """
 import json
 import os
 import random
+import subprocess
+import sys
 import time
+from fractions import Fraction
 
 import pytest
 
@@ -40,6 +45,11 @@ def rz(think, answer):
     ("<answer>5</answer> \\boxed{6}", "5"),                                        # the tag wins
     ("<answer>   </answer> \\boxed{6}", "6"),                                      # empty answer = no answer
     ("<answer>   </answer>", None),
+    ("<think> \\boxed{42} </think> <answer></answer>", None),                    # empty block: no fallback before it
+    ("<think> \\boxed{42} </think> <answer>\u200b\x00</answer>", None),         # invisible = empty
+    ("<answer>\ufeff</answer>", None), ("\\boxed{\u200b}", None),
+    ("<|sep|> r \\boxed{4} <|sep|> <answer> </answer>", None),                    # cold start: the same rule
+    ("<|sep|> r <|sep|> \\boxed{3} <answer> </answer> \\boxed{4}", "4"),
     ("no answer here", None),
     ("", None),
     ("<|sep|> thinking <|sep|> So the answer is 42.", "42"),                        # cold start: the summary
@@ -53,7 +63,7 @@ def rz(think, answer):
     (None, None),
 ])
 def test_extract_answer(text, expected):
-    assert extract_answer(text) == expected
+    assert extract_answer(text) == expected, (text, extract_answer(text))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -69,6 +79,11 @@ def test_extract_answer(text, expected):
     ("x = 5", "5"), ("\uff11\uff12\uff13", "123"), ("\\text{7}", "7"), ("1 / 2", "0.5"), ("(3/4)", "0.75"),
     ("\\frac{12}{16}", "3/4"), ("00012", "12"), ("x + 1", "x+1"), ("\\sqrt{2}", "\\sqrt{2}"), ("abc", " abc "),
     ("((3))", "3"), ("-(3)", "-3"), ("(-3)/(4)", "-0.75"), ("-\\left(\\frac{3}{4}\\right)", "-3/4"),
+    ("1e2", "100"), ("2.5E-1", "1/4"), ("10{,}000", "10000"), ("2,333", "2333"), ("75\\%", "75"),
+    ("42 apples", "42"), ("5 \\text{ cm}", "5"), ("5\\text{cm}", "5"), ("3 square meters", "3"), ("0 dollars", "0"),
+    ("{6}", "6"), ("{{6}}", "6"), ("42\u3002", "42"), ("\u7b54\u6848\u662f 42", "42"), ("The answer is: 42", "42"),
+    ("x\u00b2", "x^2"), ("\u2460", "1"),
+    ("(1, 2)", "(1,2)"),                                               # a tuple: spaces after commas do not matter
 ])
 def test_math_equal(pred, gold):
     assert math_equal(pred, gold), (pred, gold, R.normalize_answer(pred), R.normalize_answer(gold))
@@ -76,18 +91,60 @@ def test_math_equal(pred, gold):
 
 @pytest.mark.parametrize("pred, gold", [
     ("405", "406"), ("-5", "5"), ("0.75", "3/5"), ("1,23", "123"),   # "1,23" is not a thousands grouping
-    ("1e3", "1000"),                                                 # no exponents: "1e999999999" must stay cheap
+    ("1e999999999", "1"), ("1e1000", "1e1001"),    # an exponent over 3 digits is a string: no huge int is built
     ("5%", "5"), ("", "5"), (None, "5"), ("5", None), ("abc", "abd"), ("3/0", "3"), ("\\frac{1}{", "1"),
     ("9" * 300, "9" * 300 + "0"), ("x", ""),
     ("(1)(2)", "12"), ("(1)+(2)", "12"), ("1/2/2", "1/4"), ("(3", "3"), ("--3", "3"),  # parentheses are kept
+    ("4 2", "42"), ("1 000", "1000"), ("4 2", "4"),                  # whitespace between digits separates numbers
+    ("2, 333", "2333"), ("2, 333", "2,333"),                          # ", " is a list, not a thousands grouping
+    ("4\u00b2", "42"), ("4\u00b2", "4"), ("4\u2082", "42"), ("4\u2460", "41"),   # super/subscripts stay apart
+    ("2 pi", "2"), ("2 x", "2"), ("3 apples", "4"), ("{1,234}", "1234"),   # algebra is not a unit; a set is a set
+    ("\ufdfa" * 1000, "\ufdfa" * 1000),                                # 1,000 chars, 18,000 after NFKC: too long
 ])
 def test_math_not_equal(pred, gold):
-    assert not R._safe(math_equal, pred, gold)
+    assert math_equal(pred, gold) is False, (pred, gold)   # a bool, never an exception
+
+
+@pytest.mark.parametrize("latex, expected", [
+    ("\\frac{3}{4}", "(3)/(4)"), ("\\frac12", "(1)/(2)"), ("\\frac 3 4", "(3)/(4)"), ("\\frac1{2}", "(1)/(2)"),
+    ("\\frac{\\frac{1}{2}}{3}", "((1)/(2))/(3)"), ("\\frac1{\\frac12}", "(1)/((1)/(2))"),
+    ("\\frac{a{b}}{c}", "(a{b})/(c)"), ("{x} + \\frac12 }", "{x} + (1)/(2) }"), ("no fraction", "no fraction"),
+])
+def test_replace_fracs(latex, expected):
+    assert R._replace_fracs(latex) == expected
+
+
+@pytest.mark.parametrize("latex", ["\\frac", "\\frac1", "\\frac{1}", "\\frac{1}{", "\\frac{1{}{2}"])
+def test_replace_fracs_malformed_is_a_value_error(latex):
+    with pytest.raises(ValueError, match="frac"):
+        R._replace_fracs(latex)
+
+
+def test_replace_fracs_is_linear():
+    # The old right-to-left replacement copied the string once per \frac: 3.6 s for 280 KB of "\frac12".
+    times = []
+    for n in (10_000, 100_000):
+        t0 = time.process_time()
+        out = R._replace_fracs("\\frac12" * n)
+        times.append(time.process_time() - t0)
+        assert out == "(1)/(2)" * n
+    assert times[1] < 0.5 and times[1] < 20 * times[0] + 0.05, times   # 10x the input, ~10x the time
 
 
 def test_math_reward_columns_and_ints():
     comps = [rz("4*100+5", "405"), rz("hm", "\\frac{810}{2}"), rz("no", "404"), "405", rz("a", "1,000,000")]
     assert math_reward(None, comps, answer=[405, "405", "405", "405", 10 ** 6]) == [1.0, 1.0, 0.0, 0.0, 1.0]
+
+
+def test_math_reward_false_positives_and_negatives():
+    """The issue's cases, end to end through the answer block: wrong answers earn 0, right spellings earn 1."""
+    wrong = [rz("x", "4 2"), rz("x", "2, 333"), rz("x", "4\u00b2"), " <think> \\boxed{42} </think> <answer></answer>",
+             " <think> \\boxed{42} </think> <answer>\u200b</answer>", rz("x", "4\u00b2 apples")]
+    assert math_reward(None, wrong, answer=["42", "2333", "42", "42", "42", "42"]) == [0.0] * len(wrong)
+    right = [rz("x", "1e2"), rz("x", "10{,}000"), rz("x", "75\\%"), rz("x", "42 apples"), rz("x", "5 \\text{ cm}"),
+             rz("x", "{6}"), rz("x", "42\u3002"), rz("x", "\u7b54\u6848\u662f 42"), rz("x", "2,333")]
+    golds = ["100", "10000", "75", "42", "5", "6", "42", "42", "2333"]
+    assert math_reward(None, right, answer=golds) == [1.0] * len(right)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -99,9 +156,10 @@ def test_math_reward_columns_and_ints():
     ("8 / (3 - 8 / 3)", [3, 3, 8, 8], 24),                 # exact: the float value is 23.999999999999996
     ("-3 + 5", [-3, 5], 2), ("5 - -3", [5, -3], 8),        # unary minus only as a given negative number's sign
     ("(25 - 5) * 4", "[25, 5, 4]", "80"),                   # columns as strings
+    ("(" * 99 + "1" + ")" * 99, [1], 1),                    # as deep as the length cap allows: parsed, no crash
 ])
 def test_countdown_valid(answer, nums, target):
-    assert countdown_correct(answer, nums, target)
+    assert countdown_correct(answer, nums, target) is True
 
 
 @pytest.mark.parametrize("answer, nums, target", [
@@ -118,11 +176,26 @@ def test_countdown_valid(answer, nums, target):
     ("80 + 5 / 0", [80, 5, 0], 80),            # division by zero
     ("(" * 5000 + "1" + ")" * 5000, [1], 1),   # deep nesting: over the length cap, never parsed
     ("9" * 1_000_000, [9], 9), ("1" + "*1" * 5000, [1] * 5001, 1),
+    ("1 2", [1, 2], 12), ("1 + 2 3", [1, 2, 3], 24),   # parse as no expression: False, not a SyntaxError
+    ("5\u00b2", [52], 52), ("5\u00b2", [5], 25),        # a superscript is neither a digit nor a power here
+    ("(" * 150 + "1" + ")" * 150, [1], 1),              # 301 characters: over the cap before any parsing
+    ("1+2 = " + "\\frac12" * 100_000, [1, 2], 3),      # 700 KB: was 10 s (normalised before any cap)
+    ("1+2 = " + "\ufdfa" * 1_000_000, [1, 2], 3), ("\ufdfa" * 1_000_000, [1], 1), ("\ufdfa" * 150, [1], 1),
+    ("1 + 2", [1, 2], "three"), ("1 + 2", ["x"], 3), ("1 + 2", None, 3), ("1 + 2", [1, 2], None),   # bad columns
+    (12, [1, 2], 12), (["1+2"], [1, 2], 3),              # not a string
 ])
 def test_countdown_invalid(answer, nums, target):
-    t0 = time.monotonic()
-    assert not R._safe(countdown_correct, answer, nums, target)
-    assert time.monotonic() - t0 < 1.0
+    t0 = time.process_time()
+    assert countdown_correct(answer, nums, target) is False   # the documented bool, whatever the input
+    assert time.process_time() - t0 < 1.0
+
+
+def test_countdown_value_returns_fraction_or_none():
+    assert R.countdown_value("(25 - 5) * 4", [25, 5, 4]) == 80
+    assert R.countdown_value("8 / (3 - 8 / 3)", [3, 3, 8, 8]) == 24
+    for expr in ("1 2", "1 / 0", "((1)", "", "1" * 300, None, 5, "\ufdfa" * 20):
+        assert R.countdown_value(expr, [1, 2]) is None, expr
+    assert R.countdown_value("1 + 2", None) is None
 
 
 def test_countdown_reward_reads_the_answer_block():
@@ -154,9 +227,19 @@ def test_countdown_reward_reads_the_answer_block():
     (" <think> a </think> <answer> b <|sep|> </answer>", False),
     ("<|endoftext|> <think> a </think> <answer> b </answer>", False),
     ("", False), ("   ", False), ("<think></think><answer></answer>", False),
+    ("<think>\u200b</think><answer>\u200b</answer>", False),                    # invisible content is no content
+    ("<think> a </think><answer>\x00</answer>", False), ("<think>\x00</think><answer> b </answer>", False),
+    ("<think> a </think><answer>\u200c\u200d\u2060\ufeff</answer>", False),
+    ("<think>\u3164</think><answer> b </answer>", False),                        # Hangul filler: a blank letter
+    ("<think> a </think><answer>\ufe0f\u034f</answer>", False),                  # lone combining marks
+    ("<think> a </think><answer>\U000f0000\ue000</answer>", False),              # private use
+    ("<think>\u2028\u3000\xa0</think><answer> b </answer>", False),             # unicode spaces and separators
+    ("<think>\u60f3</think><answer>\u56db</answer>", True),                      # visible non-ASCII text
+    ("<think>\u2026</think><answer>\u2205</answer>", True),                      # punctuation and symbols show
+    ("<think> a\u200b </think><answer> 4\u200b </answer>", True),                # invisible next to visible is fine
 ])
 def test_format_r1zero(text, ok):
-    assert format_reward(None, [text]) == [float(ok)]
+    assert format_reward(None, [text]) == [float(ok)], text
 
 
 @pytest.mark.parametrize("text, ok", [
@@ -168,6 +251,9 @@ def test_format_r1zero(text, ok):
     ("<|sep|> a <answer> 1 </answer> <|sep|> b", False), ("<|sep|> a <|sep|> </answer> 1 <answer>", False),
     ("<|sep|> a <|sep|> <answer>1</answer><answer>2</answer>", False),
     (" <think> a </think> <answer> b </answer>", False),
+    ("<|sep|>\u200b<|sep|> summary", False), ("<|sep|> reasoning <|sep|>\x00\ufeff", False),
+    ("<|sep|> reasoning <|sep|> so <answer>\u200b</answer>", False),              # the answer block is empty
+    ("<|sep|>\u6211\u60f3<|sep|>\u56db", True),
 ])
 def test_format_cold_start(text, ok):
     assert cold_start_format_reward(None, [text]) == [float(ok)]
@@ -229,6 +315,8 @@ def test_general_reward():
     comps = [rz("x", "  Paris. "), rz("x", "paris is nice"), rz("x", "1,000"), "<|sep|>r<|sep|>\u201cParis\u201d",
              rz("x", "Lyon")]
     assert general_reward(None, comps, answer=["paris", "paris", "1000", "paris", "paris"]) == [1.0, 0.0, 1.0, 1.0, 0.0]
+    comps = [rz("x", "4\u00b2"), rz("x", "3 oranges"), rz("x", "1000 people"), rz("x", "4 2"), rz("x", "\u200b")]
+    assert general_reward(None, comps, answer=["42", "3 apples", "1000", "42", "\u200b"]) == [0.0, 0.0, 1.0, 0.0, 0.0]
 
 
 def test_combine_weights_and_components():
@@ -317,6 +405,48 @@ def test_hostile_huge_strings():
 
 def test_hostile_random_unicode():
     _check_all(_random_texts(400), bound_s=2.0)
+
+
+def test_issue_inputs_are_fast():
+    """The issue's slow inputs: each was normalised or rewritten before any length cap (quadratic \\frac
+    replacement, NFKC expanding a character 18x); now each reward is capped first. process_time: CPU seconds of
+    this process only, so other jobs on a shared machine do not fail the bound."""
+    for body in ("1+2 = " + "\\frac12" * 100_000, "\ufdfa" * 1_000_000, "1+2 = " + "\ufdfa" * 1_000_000,
+                 "\ufdfa" * 9_000, "\u200b" * 1_000_000):
+        for text in (rz("x", body), "<|sep|>r<|sep|>" + body, "<think>" + body + "</think><answer>3</answer>"):
+            t0 = time.process_time()
+            _check_all([text], bound_s=2.0)
+            assert time.process_time() - t0 < 1.0, (body[:20], len(body))
+
+
+def test_helpers_keep_their_types_on_odd_inputs():
+    odd = [None, 12, 10 ** 5000, 1.5, b"42", ["<answer>1</answer>"], {"content": "<answer>1</answer>"}, "", "\x00",
+           "1 2", "\\frac{", "}" * 100, "\ufdfa" * 600]
+    for x in odd:
+        assert isinstance(extract_answer(x), (str, type(None))), x
+        assert isinstance(extract_code(x), (str, type(None))), x
+        assert isinstance(R.parse_number(x), (Fraction, type(None))), x
+        assert isinstance(math_equal(x, "42"), bool) and isinstance(math_equal("42", x), bool), x
+        assert isinstance(R.general_equal(x, "42"), bool) and isinstance(R.general_equal("42", x), bool), x
+        assert isinstance(countdown_correct(x, [1, 2], 3), bool) and isinstance(countdown_correct("1+2", [1, 2], x),
+                                                                                bool), x
+        assert isinstance(R.countdown_value(x, [1, 2]), (Fraction, type(None))), x
+        try:   # documented: a str, or ValueError for malformed or over-long LaTeX
+            assert isinstance(R.normalize_answer(x), str), x
+        except ValueError:
+            pass
+    with pytest.raises(ValueError, match="longer than"):
+        R.normalize_answer("1" * (R.MAX_ANSWER_CHARS + 1))
+    with pytest.raises(ValueError, match="too long after unicode"):
+        R.normalize_answer("\ufdfa" * 1000)   # under the cap as written, 18x over it after NFKC
+
+
+def test_cli_help():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "rewards.py"), "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage:") and "rule-based rewards" in out.stdout, out.stdout
+    assert "sandbox isolation" not in out.stdout, "--help must not run the demo"
 
 
 def test_code_reward_on_garbage_never_raises():
