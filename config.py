@@ -32,7 +32,8 @@ _RL = _GRPO | {"steps", "eval_every", "tasks"}
 _FILTERS = {"ngram", "max_repeats", "max_paragraph_chars"}
 ANY = None   # a section whose keys are names chosen by the user (task kinds, student names)
 
-TOP_DEFAULTS = {"name": "", "tokenizer": "toy", "fsdp": False, "precision": "auto", "ckpt_every": 10, "runs_dir": "runs"}
+TOP_DEFAULTS = {"name": "", "tokenizer": "toy", "fsdp": False, "precision": "auto", "ckpt_every": 10, "runs_dir": "runs",
+                "sandbox_allow_unisolated": False}   # run model code even where the sandbox gets no namespaces
 TOP_KEYS = set(TOP_DEFAULTS)                      # the top-level values (the other top-level keys are sections)
 # section path -> the keys it may hold; "*" stands for a user-chosen name (a student).
 SCHEMA = {
@@ -136,7 +137,7 @@ _TASK_KINDS = ("arith", "countdown", "code")   # data.KINDS holds "general" too,
 # SCHEMA that holds a value (not a section) has a rule here; tests/test_config.py checks that none is missing.
 RULES = {
     # top level
-    "name": Kind(), "tokenizer": Kind(), "runs_dir": Kind(), "fsdp": BOOL,
+    "name": Kind(), "tokenizer": Kind(), "runs_dir": Kind(), "fsdp": BOOL, "sandbox_allow_unisolated": BOOL,
     "precision": OneOf(("auto", "bf16", "fp32")), "ckpt_every": COUNT,
     # model.ModelArgs (how they relate, e.g. n_dense_layers <= n_layers, is ModelArgs.__post_init__'s check)
     "vocab_size": COUNT, "dim": COUNT, "inter_dim": COUNT, "moe_inter_dim": COUNT, "n_layers": COUNT,

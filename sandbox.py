@@ -36,7 +36,8 @@ namespace with it.
 
 Where the machine gives no namespaces (a container without CAP_SYS_ADMIN and without user namespaces, macOS), the
 sandbox would be rlimits (and, as root, a uid) only: it refuses to run code there (status "refused", score 0)
-unless the caller opts in (allow_unisolated=True, or MINR1_ALLOW_UNISOLATED=1), and then warns once, loudly.
+unless the caller opts in (allow_unisolated=True, MINR1_ALLOW_UNISOLATED=1, or the config key
+sandbox_allow_unisolated, which train_pipeline.py turns into that variable), and then warns once, loudly.
 What it still does not do: bubblewrap and cgroups are not used (the watchdog polls, so memory can overshoot by
 what a tree allocates in 20 ms); world-readable files stay readable (the repo, the data, /etc); the kernel's
 attack surface is reduced by seccomp only on x86-64; tests/test_sandbox.py lists each attack and the mode it was

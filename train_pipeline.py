@@ -573,6 +573,10 @@ def main(argv=None):
     else:
         check_name(cfg["name"], f"config '{args.config}': name")
     INVOCATION.update(config=args.config, name=args.name, runs_dir=_runs_dir_arg(rest))
+    if cfg.get("sandbox_allow_unisolated"):   # sandbox.run_code reads it; without it, code is refused there
+        os.environ["MINR1_ALLOW_UNISOLATED"] = "1"
+        print0("warning: sandbox_allow_unisolated: model-written code runs even where the sandbox gets no "
+               "namespaces (it can then read and signal this user's processes)")
     if args.stage in STAGES and finished(cfg, args.stage) and not args.force:
         where = ", ".join(os.path.join(stage_dir(cfg, p), "model.pt") for p in products(cfg, args.stage))
         raise SystemExit(f"error: the '{args.stage}' stage of run '{cfg['name']}' is already finished ({where}); "
