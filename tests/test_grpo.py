@@ -54,18 +54,28 @@ def hand_batch():
     ("dr_grpo", -0.171164339757),  # -(2.169314718056 - 0.8) / (2 sequences * C = 4)
 ])
 def test_loss_hand_computed(agg, expected):
+    """The batch of hand_batch, by hand, in the three aggregations.
+
+    Paper leaves this open: R1 eq. 1 is the grpo row (per-token mean 1/|o_i|, as in DeepSeekMath eq. 3); dapo
+    and dr_grpo are later papers' options, and the stats (clip_low / clip_high: the fraction of loss tokens where
+    the clip is active, ratio_*, n_tokens, n_seqs) are this repository's logging conventions."""
     logp, old, ref, adv, mask = hand_batch()
     cfg = cfg_(eps_low=0.2, eps_high=0.2, beta=0.1, kl_estimator="k3", loss_agg=agg, dr_grpo_constant=4)
     loss, st = grpo_loss(logp, old, ref, adv, mask, cfg)
-    assert loss.item() == pytest.approx(expected, abs=1e-10)
-    assert st["kl"] == pytest.approx((1 - LN(2)) / 3, abs=1e-10)          # 0.102284273147
-    assert st["clip_high"] == pytest.approx(1 / 3) and st["clip_low"] == pytest.approx(1 / 3)
-    assert st["ratio_mean"] == pytest.approx(1.0) and st["ratio_min"] == pytest.approx(0.5)
-    assert st["ratio_max"] == pytest.approx(1.5)
-    assert st["n_tokens"] == 3 and st["n_seqs"] == 2
+    assert loss.item() == pytest.approx(expected, abs=1e-10), \
+        f"loss ({agg}) = -J with J = 1/G sum_i 1/|o_i| sum_t (min(rho A, clip(rho) A) - beta D) for grpo " \
+        f"(R1 eq. 1), the token mean for dapo, sum / (G C) for dr_grpo: expected {expected}"
+    assert st["kl"] == pytest.approx((1 - LN(2)) / 3, abs=1e-10), \
+        "stats['kl']: the mean k3 (R1 eq. 2) over the 3 loss tokens, expected (1 - ln 2) / 3"   # 0.102284273147
+    assert st["clip_high"] == pytest.approx(1 / 3) and st["clip_low"] == pytest.approx(1 / 3), \
+        "clip stats: 1 of 3 tokens has rho > 1 + eps with A > 0, 1 of 3 has rho < 1 - eps with A < 0 (R1 eq. 1)"
+    assert st["ratio_mean"] == pytest.approx(1.0) and st["ratio_min"] == pytest.approx(0.5), \
+        "ratio stats over the loss tokens only: rho = 1.5, 1, 0.5 (padding ignored)"
+    assert st["ratio_max"] == pytest.approx(1.5), "ratio_max: rho = 0.3 / 0.2 on the first token"
+    assert st["n_tokens"] == 3 and st["n_seqs"] == 2, "3 loss tokens (mask) in 2 sequences"
     loss.backward()
-    assert torch.isfinite(logp.grad).all()
-    assert (logp.grad[~mask] == 0).all()
+    assert torch.isfinite(logp.grad).all(), "padding holds inf/nan: mask it before exp, or its gradient is NaN"
+    assert (logp.grad[~mask] == 0).all(), "padding (mask False) must get exactly zero gradient"
 
 
 def test_gradient_is_the_policy_gradient():
@@ -84,7 +94,8 @@ def test_gradient_is_the_policy_gradient():
     # grad_z log softmax(z)[a] = onehot(a) - softmax(z)
     score = torch.nn.functional.one_hot(tokens, V).double() - torch.softmax(logits.detach(), -1)   # (G, T, V)
     expected = -(adv / lengths)[:, None, None] * score * mask[..., None] / G
-    assert torch.allclose(logits.grad, expected, atol=1e-12)
+    assert torch.allclose(logits.grad, expected, atol=1e-12), \
+        "at rho = 1, beta = 0 the gradient of R1 eq. 1 is -1/G sum_i A_i/|o_i| sum_t grad log pi(o_it)"
 
 
 def test_clipped_tokens_get_no_gradient_in_the_forbidden_direction():
@@ -98,27 +109,40 @@ def test_clipped_tokens_get_no_gradient_in_the_forbidden_direction():
     loss, st = grpo_loss(logp, old, None, adv, mask, cfg_(beta=0.0, eps_low=0.2, eps_high=0.2))
     loss.backward()
     g = logp.grad[:, 0]
-    assert g[0] == 0 and g[1] == 0                              # clipped: rho > 1+eps, A > 0 / rho < 1-eps, A < 0
+    assert g[0] == 0 and g[1] == 0, \
+        "R1 eq. 1: min(rho A, clip(rho) A) is the constant clipped term when rho > 1+eps, A > 0 or rho < 1-eps, " \
+        "A < 0, so those tokens get zero gradient"
     expected = -adv * rho / 5                                   # d(-A rho / N) / d logp
-    assert torch.allclose(g[2:], expected[2:], atol=1e-12)      # 0.3, -0.1, -0.22: unclipped sides still learn
-    assert (g[2:] != 0).all()
-    assert st["clip_high"] == pytest.approx(0.2) and st["clip_low"] == pytest.approx(0.2)
+    assert torch.allclose(g[2:], expected[2:], atol=1e-12), \
+        "R1 eq. 1: where the unclipped term rho A is the min, d loss / d logp = -A rho / N"   # 0.3, -0.1, -0.22
+    assert (g[2:] != 0).all(), "the unclipped side of each bound must still learn"
+    assert st["clip_high"] == pytest.approx(0.2) and st["clip_low"] == pytest.approx(0.2), \
+        "clip stats: 1 of 5 tokens clipped at each bound"
 
 
 def test_eps_high_differs_from_eps_low():
     """DAPO clip-higher: the upper bound is 1 + eps_high (0.28), the lower 1 - eps_low (0.1). rho = 1.25 with
-    A > 0 is inside [0.9, 1.28] (symmetric eps 0.2 would clip it); rho = 0.85 with A < 0 is below 0.9: clipped."""
+    A > 0 is inside [0.9, 1.28] (symmetric eps 0.2 would clip it); rho = 0.85 with A < 0 is below 0.9: clipped.
+
+    Paper leaves this open: R1 eq. 1 has one eps; two bounds (eps_low, eps_high) are DAPO's option, kept here."""
     old = torch.zeros(2, 1, dtype=torch.float64)
     logp = torch.log(torch.tensor([[1.25], [0.85]], dtype=torch.float64)).requires_grad_()
     loss, st = grpo_loss(logp, old, None, torch.tensor([1.0, -1.0], dtype=torch.float64),
                          torch.ones(2, 1, dtype=torch.bool), cfg_(beta=0.0, eps_low=0.1, eps_high=0.28))
     loss.backward()
-    assert logp.grad[0, 0].item() == pytest.approx(-1.25 / 2) and logp.grad[1, 0] == 0
-    assert st["clip_high"] == 0 and st["clip_low"] == 0.5
-    assert loss.item() == pytest.approx(-(1.25 - 0.9) / 2)     # min(-0.85, clip(0.85) * -1 = -0.9) = -0.9
+    assert logp.grad[0, 0].item() == pytest.approx(-1.25 / 2) and logp.grad[1, 0] == 0, \
+        "clip(rho, 1 - eps_low, 1 + eps_high) (R1 eq. 1 with DAPO's two eps): rho = 1.25 < 1.28 is unclipped " \
+        "(gradient -A rho / N), rho = 0.85 < 0.9 with A < 0 is clipped (gradient 0)"
+    assert st["clip_high"] == 0 and st["clip_low"] == 0.5, "only the second token is clipped, at the low bound"
+    assert loss.item() == pytest.approx(-(1.25 - 0.9) / 2), \
+        "loss = -(1.25 * 1 + clip(0.85) * -1) / 2 with clip(0.85) = 0.9"   # min(-0.85, -0.9) = -0.9
 
 
 def test_aggregation_formulas_on_a_ragged_mask():
+    """Each aggregation, written out token by token on a ragged mask, with clipping and k3 active.
+
+    Paper leaves this open: a fully masked row (e.g. a truncated output under mask_truncated) counts in no
+    denominator, and Dr. GRPO's constant defaults to max_new_tokens; both are this repository's choices."""
     torch.manual_seed(1)
     B, T = 5, 7
     logp = -torch.rand(B, T, dtype=torch.float64) * 2
@@ -144,11 +168,15 @@ def test_aggregation_formulas_on_a_ragged_mask():
             J = sum(sum(s) for s in seqs) / 9 / len(seqs)       # the constant defaults to max_new_tokens
         else:
             J = sum(sum(s) for s in seqs) / sum(len(s) for s in seqs)
-        assert loss.item() == pytest.approx(-J, abs=1e-12), agg
+        assert loss.item() == pytest.approx(-J, abs=1e-12), \
+            f"{agg}: loss = -J over the per-token terms min(rho A, clip(rho) A) - beta k3 (R1 eq. 1-2), " \
+            f"aggregated as its docstring says; a fully masked row counts nowhere"
 
 
 def test_denom_makes_split_batches_sum_to_the_whole():
-    """Two halves, each divided by the WHOLE batch's count, sum to the whole batch's loss (what ranks do)."""
+    """Two halves, each divided by the WHOLE batch's count, sum to the whole batch's loss (what ranks do).
+
+    Paper leaves this open: the `denom` argument is this repository's interface for data-parallel ranks."""
     torch.manual_seed(2)
     logp, old = -torch.rand(6, 4, dtype=torch.float64), -torch.rand(6, 4, dtype=torch.float64)
     adv = torch.randn(6, dtype=torch.float64)
@@ -159,7 +187,8 @@ def test_denom_makes_split_batches_sum_to_the_whole():
         whole, _ = grpo_loss(logp, old, None, adv, mask, cfg)
         halves = sum(grpo_loss(logp[s], old[s], None, adv[s], mask[s], cfg, denom=count)[0]
                      for s in (slice(0, 3), slice(3, 6)))
-        assert halves.item() == pytest.approx(whole.item(), abs=1e-12)
+        assert halves.item() == pytest.approx(whole.item(), abs=1e-12), \
+            f"{agg}: with denom = the whole batch's count ({count}), the halves' losses must sum to the whole's"
 
 
 # ------------------------------------------------------------------------------------------------ the KL
@@ -169,13 +198,21 @@ KL_PQ = (P * (P / Q).log()).sum().item()                    # exact KL(pi_theta 
 
 
 def test_k3_is_non_negative_everywhere():
+    """k3 = (r - 1) - log r >= 0 (R1 eq. 2) must hold after rounding too, in fp32 and fp64, down to |log r| ~ 1e-30.
+
+    Paper leaves this open: how to compute it in floating point. Written as exp(x) - 1 - x (x = log r) it
+    rounds below 0 in fp32 for tiny x; this test demands a form that cannot (e.g. expm1(x) - x)."""
     x = torch.cat([torch.linspace(-30, 30, 20001), torch.tensor([0.0, 1e-8, -1e-8, 1e-30, -1e-30, 3e-4])])
     for dtype in (torch.float32, torch.float64):
         lr = x.to(dtype)
         for est in ("k3", "k3+", "k2"):
-            assert (kl_penalty(torch.zeros_like(lr), lr, est) >= 0).all(), (est, dtype)
-    assert (kl_penalty(torch.zeros(1), torch.tensor([-LN(7.0)]), "k1") > 0).all()    # k1 can be either sign
-    assert (kl_penalty(torch.zeros(1), torch.tensor([LN(1.5)]), "k1") < 0).all()
+            assert (kl_penalty(torch.zeros_like(lr), lr, est) >= 0).all(), \
+                f"{est} in {dtype}: expected >= 0 everywhere (k3 = r - 1 - log r >= 0 since log x <= x - 1, " \
+                f"R1 eq. 2; k2 = (log r)^2 / 2)"
+    assert (kl_penalty(torch.zeros(1), torch.tensor([-LN(7.0)]), "k1") > 0).all(), \
+        "k1 = -log r: positive where pi_ref < pi_theta"                                    # k1 can be either sign
+    assert (kl_penalty(torch.zeros(1), torch.tensor([LN(1.5)]), "k1") < 0).all(), \
+        "k1 = -log r: negative where pi_ref > pi_theta"
 
 
 def test_monte_carlo_means_k1_k3_unbiased_k2_biased():
@@ -186,14 +223,17 @@ def test_monte_carlo_means_k1_k3_unbiased_k2_biased():
     for est in ("k1", "k3", "k3+"):
         d = kl_penalty(logp, ref, est)
         se = d.std().item() / math.sqrt(n)
-        assert abs(d.mean().item() - KL_PQ) < 4 * se and abs(d.mean().item() - KL_PQ) < 0.02, est
+        assert abs(d.mean().item() - KL_PQ) < 4 * se and abs(d.mean().item() - KL_PQ) < 0.02, \
+            f"{est}: unbiased (R1 eq. 2 for k3), its mean over tokens from pi_theta must be KL(pi_theta || pi_ref) " \
+            f"= {KL_PQ:.5f}, got {d.mean().item():.5f}"
     d2 = kl_penalty(logp, ref, "k2")
     exact_k2 = (P * 0.5 * (Q / P).log() ** 2).sum().item()                 # 1.50225: k2's true mean
-    assert d2.mean().item() == pytest.approx(exact_k2, abs=0.02)
-    assert abs(d2.mean().item() - KL_PQ) > 0.3                               # visibly biased (1.50 vs 1.10)
+    assert d2.mean().item() == pytest.approx(exact_k2, abs=0.02), "k2 = (log r)^2 / 2: its mean is E[(log r)^2] / 2"
+    assert abs(d2.mean().item() - KL_PQ) > 0.3, "k2 is biased: its mean (1.50) is not the KL (1.10)"
 
 
 def test_k3plus_has_k3_value_and_k2_gradient():
+    """Paper leaves this open: R1 eq. 2 is k3; k3+ (verl's: k3's value, k2's gradient) is an option here."""
     logp = torch.tensor([-0.2, -1.5, -3.0], dtype=torch.float64, requires_grad=True)
     ref = torch.tensor([-1.0, -0.5, -3.2], dtype=torch.float64)
     v = {}
@@ -202,11 +242,12 @@ def test_k3plus_has_k3_value_and_k2_gradient():
         d = kl_penalty(logp, ref, est)
         v[est] = d.detach()
         grads[est], = torch.autograd.grad(d.sum(), logp)
-    assert torch.allclose(v["k3+"], v["k3"], atol=1e-15)
-    assert torch.allclose(grads["k3+"], grads["k2"], atol=1e-15)
-    assert torch.allclose(grads["k2"], (logp - ref).detach(), atol=1e-15)           # d k2 / d logp = -log r
-    assert torch.allclose(grads["k3"], 1 - (ref - logp).detach().exp(), atol=1e-15)  # d k3 / d logp = 1 - r
-    assert not torch.allclose(grads["k3"], grads["k2"])
+    assert torch.allclose(v["k3+"], v["k3"], atol=1e-15), "k3+ must have k3's value r - 1 - log r (R1 eq. 2)"
+    assert torch.allclose(grads["k3+"], grads["k2"], atol=1e-15), "k3+ must have k2's gradient (straight-through)"
+    assert torch.allclose(grads["k2"], (logp - ref).detach(), atol=1e-15), "d k2 / d logp = -log r"
+    assert torch.allclose(grads["k3"], 1 - (ref - logp).detach().exp(), atol=1e-15), \
+        "d k3 / d logp = 1 - r, r = pi_ref / pi_theta (R1 eq. 2 differentiated)"
+    assert not torch.allclose(grads["k3"], grads["k2"]), "k3 and k2 must have different gradients here"
 
 
 def test_expected_gradients_reverse_vs_forward_kl():
@@ -224,30 +265,41 @@ def test_expected_gradients_reverse_vs_forward_kl():
 
     reverse = grad_of(lambda lp: (lp.exp() * (lp - logq)).sum())
     forward = grad_of(lambda lp: (Q * (logq - lp)).sum())
-    assert torch.allclose(expected_grad("k2"), reverse, atol=1e-12)
-    assert torch.allclose(expected_grad("k3+"), reverse, atol=1e-12)
-    assert torch.allclose(expected_grad("k3"), forward, atol=1e-12)
-    assert torch.allclose(expected_grad("k1"), torch.zeros(3, dtype=torch.float64), atol=1e-12)
-    assert not torch.allclose(reverse, forward, atol=1e-3)
+    assert torch.allclose(expected_grad("k2"), reverse, atol=1e-12), "E_pi[grad k2] = grad KL(pi || ref)"
+    assert torch.allclose(expected_grad("k3+"), reverse, atol=1e-12), "E_pi[grad k3+] = grad KL(pi || ref)"
+    assert torch.allclose(expected_grad("k3"), forward, atol=1e-12), \
+        "E_pi[grad k3] = grad KL(ref || pi): k3 (R1 eq. 2) differentiated as a loss gives the FORWARD KL's gradient"
+    assert torch.allclose(expected_grad("k1"), torch.zeros(3, dtype=torch.float64), atol=1e-12), \
+        "E_pi[grad k1] = E_pi[grad log pi] = 0"
+    assert not torch.allclose(reverse, forward, atol=1e-3), "the example must separate the two KLs"
 
 
 def test_kl_penalty_rejects_unknown_estimator():
+    """Paper leaves this open: the estimator names and the ValueError are this repository's interface."""
     with pytest.raises(ValueError, match="estimator"):
         kl_penalty(torch.zeros(1), torch.zeros(1), "k4")
 
 
 # ------------------------------------------------------------------------------------------ advantages
 def test_group_advantages():
+    """A_i = (r_i - mean) / std within each group (R1 eq. 3); all-equal groups give exactly 0.
+
+    Paper leaves this open: which std (this test wants the UNBIASED one, torch.std, as TRL) and how to avoid
+    dividing by 0 (this test wants std + 1e-4, and exactly 0 for a group whose rewards are all equal)."""
     r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5], [0.1, 0.1, 0.1, 0.1], [0.0, 0.0, 0.0, 3.0]])
     A = group_advantages(r)
-    assert torch.isfinite(A).all()
-    assert (A[1] == 0).all() and (A[2] == 0).all()            # equal rewards: exactly 0, no NaN, no residue
+    assert torch.isfinite(A).all(), "R1 eq. 3 with std = 0 (all rewards equal) must not give inf or NaN"
+    assert (A[1] == 0).all() and (A[2] == 0).all(), \
+        "a group with all-equal rewards must get advantages exactly 0 (not a rounding residue of r - mean)"
     std = math.sqrt(4 * 0.25 / 3)                              # unbiased std of (1, 0, 0, 1) = 0.57735
-    assert torch.allclose(A[0], torch.tensor([1.0, -1.0, -1.0, 1.0]) * 0.5 / (std + 1e-4), atol=1e-6)
-    assert torch.allclose(A[3], (r[3] - 0.75) / (r[3].std() + 1e-4), atol=1e-6)
-    assert torch.allclose(A.sum(1), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(A[0], torch.tensor([1.0, -1.0, -1.0, 1.0]) * 0.5 / (std + 1e-4), atol=1e-6), \
+        "R1 eq. 3: A = (r - mean) / (std + 1e-4) with the UNBIASED std (correction 1): expected +-0.5 / 0.57745"
+    assert torch.allclose(A[3], (r[3] - 0.75) / (r[3].std() + 1e-4), atol=1e-6), \
+        "R1 eq. 3 on (0, 0, 0, 3): (r - 0.75) / (unbiased std + 1e-4)"
+    assert torch.allclose(A.sum(1), torch.zeros(4), atol=1e-5), "advantages are centred: each group sums to 0"
     B = group_advantages(r, scale="none")                      # Dr. GRPO: no std division
-    assert torch.allclose(B, r - r.mean(1, keepdim=True)) and (B[2] == 0).all()
+    assert torch.allclose(B, r - r.mean(1, keepdim=True)) and (B[2] == 0).all(), \
+        "scale='none' (Dr. GRPO): A = r - mean, no std division"
     with pytest.raises(ValueError, match="n_groups, G"):
         group_advantages(r.reshape(-1))
 

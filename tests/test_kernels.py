@@ -54,15 +54,21 @@ def grads(outputs, inputs, seed=1):
     return torch.autograd.grad([o for o, _ in pairs], inputs, [w for _, w in pairs])
 
 
-def check_fwd_bwd(f_kernel, f_ref, inputs, tol):
+def check_fwd_bwd(f_kernel, f_ref, inputs, tol, what=None):
+    """Outputs and gradients of f_kernel equal f_ref's. what: (forward, backward) texts that say what was
+    expected, put before torch's mismatch report (None: the report alone)."""
+    def msg(text):
+        return None if text is None else (lambda m: f"{text}\n{m}")
+
+    fwd, bwd = what or (None, None)
     out, ref = f_kernel(*inputs), f_ref(*inputs)
     outs, refs = ((x if isinstance(x, tuple) else (x,)) for x in (out, ref))
-    assert len(outs) == len(refs)
-    for o, r in zip(outs, refs):
-        torch.testing.assert_close(o, r, **tol)
+    assert len(outs) == len(refs), f"{len(outs)} outputs where the reference returns {len(refs)}"
+    for i, (o, r) in enumerate(zip(outs, refs)):
+        torch.testing.assert_close(o, r, **tol, msg=msg(fwd and f"output {i}: {fwd}"))
     diff = [x for x in inputs if isinstance(x, torch.Tensor) and x.requires_grad]
     for gk, gr in zip(grads(out, diff), grads(ref, diff)):
-        torch.testing.assert_close(gk, gr, **tol)
+        torch.testing.assert_close(gk, gr, **tol, msg=msg(bwd))
 
 
 def leaf(*shape, scale=1.0):
@@ -157,8 +163,13 @@ def test_token_logprobs_chunked_torch(N, V, chunk, rows, monkeypatch):
     logits, targets = leaf(N, V, scale=3.0), torch.randint(0, V, (N,))
     targets[0] = V - 1                                             # a target in the ragged last chunk
     for ent in (False, True):
+        tiles = f"chunk {chunk}, rows {rows}, with_entropy {ent}"
+        what = (f"{tiles}: expected logp = z_t - logsumexp(z) (output 0) and entropy = lse - sum_j p_j z_j "
+                f"(output 1), the online logsumexp over vocabulary chunks equal to log_softmax + gather",
+                f"{tiles}: expected d logp_t / dz_j = 1[j = t] - p_j (and d entropy / dz_j = -p_j (log p_j + "
+                f"entropy)), p = exp(z - lse) recomputed chunk by chunk")
         check_fwd_bwd(lambda lg: kernels._token_logprobs_chunked(lg, targets, ent, chunk, rows),
-                      lambda lg: kernels.token_logprobs_ref(lg, targets, ent), (logits,), ROW)
+                      lambda lg: kernels.token_logprobs_ref(lg, targets, ent), (logits,), ROW, what)
 
 
 def test_token_logprobs_saves_no_vocab_sized_tensor(monkeypatch):

@@ -79,12 +79,19 @@ def test_naive_and_absorbed_generation_agree():
 @pytest.mark.parametrize("temperature,top_p,top_k", [(1.0, 1.0, 0), (0.7, 0.9, 0), (1.3, 1.0, 10)])
 def test_sampled_logprobs_equal_teacher_forced_logprobs(temperature, top_p, top_k):
     """GRPO's pi_old: the logprobs returned while sampling must equal the policy's recomputed ones (fp32, 1e-4),
-    under softmax(logits / temperature) and ignoring the truncation."""
+    under softmax(logits / temperature) and ignoring the truncation.
+
+    Paper leaves this open: which distribution the sampler's logprob is taken under. This test wants the plain
+    tempered softmax, not the top-k / top-p renormalised one, because the ratio rho of R1 eq. 1 compares it with
+    the policy's teacher-forced softmax at the same temperature."""
     m = tiny_model(seed=3)
     gen = generate(m, PROMPTS, 16, temperature=temperature, top_p=top_p, top_k=top_k, seed=0, eos_id=[3, 7])
     tf = teacher_forced_logprobs(m, PROMPTS, gen, temperature)
-    torch.testing.assert_close(gen.logprobs, tf, rtol=0, atol=1e-4)
-    assert (gen.logprobs <= 0).all()
+    torch.testing.assert_close(
+        gen.logprobs, tf, rtol=0, atol=1e-4,
+        msg=lambda m: f"the sampled token's logprob must be log softmax(logits / temperature)[token] of the "
+                      f"untruncated logits (pi_old of R1 eq. 1), as a teacher-forced forward computes it\n{m}")
+    assert (gen.logprobs <= 0).all(), "logprobs are <= 0"
 
 
 def test_compaction_and_shared_prefill_change_no_token():
@@ -131,23 +138,37 @@ def test_early_stop_when_every_row_has_finished():
 
 
 def test_seed_reproducible_and_truncation_to_one_token_is_greedy():
+    """Paper leaves this open: temperature 0 means greedy here, and the draw uses only the given generator (or
+    the given uniform numbers), so a seed fixes the tokens."""
     m = tiny_model(seed=6)
     a = generate(m, PROMPTS, 16, temperature=1.0, seed=123)
     b = generate(m, PROMPTS, 16, temperature=1.0, seed=123)
     c = generate(m, PROMPTS, 16, temperature=1.0, seed=124)
-    assert torch.equal(a.tokens, b.tokens) and not torch.equal(a.tokens, c.tokens)
+    assert torch.equal(a.tokens, b.tokens) and not torch.equal(a.tokens, c.tokens), \
+        "the same seed must give the same tokens and another seed other tokens: draw with the generator / uniform"
     greedy = generate(m, PROMPTS, 16, temperature=0)
-    assert torch.equal(generate(m, PROMPTS, 16, temperature=1.0, top_k=1, seed=1).tokens, greedy.tokens)
-    assert torch.equal(generate(m, PROMPTS, 16, temperature=1.0, top_p=1e-6, seed=1).tokens, greedy.tokens)
+    assert torch.equal(generate(m, PROMPTS, 16, temperature=1.0, top_k=1, seed=1).tokens, greedy.tokens), \
+        "top_k = 1 keeps only the largest logit: sampling must then equal greedy (temperature 0 = argmax)"
+    assert torch.equal(generate(m, PROMPTS, 16, temperature=1.0, top_p=1e-6, seed=1).tokens, greedy.tokens), \
+        "a tiny top-p keeps only the top token (the nucleus is never empty): sampling must then equal greedy"
 
 
 def test_truncate_keeps_the_nucleus_and_the_top_k():
+    """Top-p keeps the smallest set of most likely tokens whose probability reaches p (R1 §3 samples at 0.95).
+
+    Paper leaves this open: the boundary. Here a token is kept iff the mass of the tokens ranked above it is
+    < top_p, so a set reaching exactly p stops there (0.5 + 0.3 at p = 0.8)."""
     logits = torch.log(torch.tensor([[0.5, 0.05, 0.3, 0.15]]))
-    assert torch.isfinite(truncate(logits, top_p=0.5)).tolist() == [[True, False, False, False]]
-    assert torch.isfinite(truncate(logits, top_p=0.8)).tolist() == [[True, False, True, False]]
-    assert torch.isfinite(truncate(logits, top_p=0.81)).tolist() == [[True, False, True, True]]
-    assert torch.isfinite(truncate(logits, top_k=2)).tolist() == [[True, False, True, False]]
-    torch.testing.assert_close(truncate(logits, top_p=0.8)[0, [0, 2]], logits[0, [0, 2]])
+    assert torch.isfinite(truncate(logits, top_p=0.5)).tolist() == [[True, False, False, False]], \
+        "top_p 0.5: the top token alone (0.5) reaches it"
+    assert torch.isfinite(truncate(logits, top_p=0.8)).tolist() == [[True, False, True, False]], \
+        "top_p 0.8: 0.5 + 0.3 reaches it exactly, so the 0.15 token is cut (mass above it = 0.8 >= top_p)"
+    assert torch.isfinite(truncate(logits, top_p=0.81)).tolist() == [[True, False, True, True]], \
+        "top_p 0.81: 0.5 + 0.3 falls short, the 0.15 token joins the nucleus"
+    assert torch.isfinite(truncate(logits, top_k=2)).tolist() == [[True, False, True, False]], \
+        "top_k 2: the two largest logits stay, the rest become -inf"
+    torch.testing.assert_close(truncate(logits, top_p=0.8)[0, [0, 2]], logits[0, [0, 2]],
+                               msg=lambda m: f"kept logits are returned unchanged (not renormalised)\n{m}")
 
 
 def test_requests_too_long_and_bad_options_are_refused():
@@ -171,14 +192,15 @@ def test_training_mode_restored_and_no_loads_counted():
 
 
 def test_cli_missing_and_corrupt_checkpoints(tmp_path, capsys):
-    rc = sample.main(["--ckpt", str(tmp_path / "nope.pt"), "--prompt", "hi"])
+    from common import run_cli
+    rc = run_cli(sample.main, ["--ckpt", str(tmp_path / "nope.pt"), "--prompt", "hi"])
     err = capsys.readouterr().err
-    assert rc == 1 and "nope.pt" in err and err.count("\n") == 1
+    assert rc == 2 and "nope.pt" in err and err.count("\n") == 1, "a missing checkpoint: one error line, status 2"
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"this is not a checkpoint" * 10)
-    rc = sample.main(["--ckpt", str(bad), "--prompt", "hi"])
+    rc = run_cli(sample.main, ["--ckpt", str(bad), "--prompt", "hi"])
     err = capsys.readouterr().err
-    assert rc == 1 and "bad.pt" in err and err.count("\n") == 1
+    assert rc == 2 and "bad.pt" in err and err.count("\n") == 1, "not a checkpoint: one error line, status 2"
 
 
 def test_cli_streams_one_completion_and_prints_several(tmp_path, capsys):
@@ -202,5 +224,6 @@ def test_cli_streams_one_completion_and_prints_several(tmp_path, capsys):
                         "--seed", "0"]) == 0
     out = capsys.readouterr().out
     assert out.count("--- sample ") == 2 and out.count("12+35=") == 2
-    assert sample.main(["--ckpt", str(path), "--prompt", "x", "--max-new-tokens", "64"]) == 1   # too long
+    from common import run_cli
+    assert run_cli(sample.main, ["--ckpt", str(path), "--prompt", "x", "--max-new-tokens", "64"]) == 2   # too long
     assert "max_seq_len" in capsys.readouterr().err
