@@ -498,19 +498,20 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         raise FileNotFoundError(f"no checkpoint at {path}: it is written by training, e.g. "
                                 f"`python train_pipeline.py --stage pretrain --config toy`") from None
     if os.path.isdir(path):
-        raise CheckpointError(f"{path} is a directory, not a checkpoint (pass its model.pt)")
+        inside = os.path.join(path, "model.pt")
+        hint = f"did you mean {inside}?" if os.path.isfile(inside) else "pass a model.pt or ckpt.pt inside it"
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file; {hint}")
     with open(path, "rb") as f:
         head = f.read(64)
     if not head:
         raise CheckpointError(f"corrupt or truncated checkpoint {path} (an empty file); delete it and re-run the "
                               f"step that writes it") from None
-    if not head.startswith(_ZIP_MAGIC):
-        # a file of another recognisable kind was passed by mistake: say what it is, and do not suggest deleting
-        # it (unrecognisable bytes fall through to torch.load, and are reported as damage)
-        what = _other_format(head)
-        if what:
-            raise CheckpointError(f"{path} is not a checkpoint ({what}): pass a model.pt or ckpt.pt written by "
-                                  f"training") from None
+    # a file of another recognisable kind was passed by mistake: say what it is, and do not suggest deleting it
+    # (unrecognisable bytes, and a zip whose end is missing, fall through to torch.load: damage)
+    what = _other_format(head) if not head.startswith(_ZIP_MAGIC) else _foreign_zip(path)
+    if what:
+        raise CheckpointError(f"{path} is not a checkpoint ({what}): pass a model.pt or ckpt.pt written by "
+                              f"training") from None
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -529,6 +530,17 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as e:
         raise CheckpointError(f"corrupt or truncated checkpoint {path} ({type(e).__name__}: {_detail(e)}); "
                               f"delete it and re-run the step that writes it") from None
+
+
+def _foreign_zip(path: str) -> str | None:
+    """A complete zip archive that torch.save did not write (it writes <name>/data.pkl): say so; None otherwise."""
+    import zipfile
+    if not zipfile.is_zipfile(path):
+        return None                      # a cut-off zip: a truncated checkpoint
+    with zipfile.ZipFile(path) as z:
+        if any(n.endswith("data.pkl") for n in z.namelist()):
+            return None
+    return "it is a zip archive, but not one written by torch.save"
 
 
 def _other_format(head: bytes) -> str | None:

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import sys
-import zipfile
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +27,7 @@ import torch
 import data
 import kernels
 import tokenizer
-from common import load_checkpoint, run_cli
+from common import CheckpointError, load_checkpoint, run_cli
 from model import ModelArgs, Transformer
 
 
@@ -366,41 +365,6 @@ def _model_hint(path: str) -> str:
     return "; a model checkpoint is the model.pt of a run folder, runs/<name>/<stage>/model.pt"
 
 
-def check_checkpoint_file(path: str):
-    """Fail with one line, before torch reads anything, on a path that cannot be a model checkpoint. Only a file
-    that looks like torch.save output goes on to common.load_checkpoint, whose "corrupt or truncated ... delete it"
-    is then right; said of someone's eval.json, it would have them delete their results."""
-    if not os.path.exists(path):
-        raise SystemExit(f"no checkpoint at {path} (training writes runs/<name>/<stage>/model.pt, e.g. "
-                         f"`python train_pipeline.py --stage zero --config toy` writes runs/toy/zero/model.pt)")
-    if os.path.isdir(path):
-        inside = os.path.join(path, "model.pt")
-        hint = f"; did you mean {inside}?" if os.path.isfile(inside) else ""
-        raise SystemExit(f"{path} is a directory, not a checkpoint file{hint}")
-    with open(path, "rb") as f:
-        head = f.read(512)
-    # torch.save writes a zip archive (it starts with PK\x03\x04) holding <name>/data.pkl; the files of torch < 1.6
-    # are a plain pickle (\x80 = its protocol opcode). A zip whose end is missing is a truncated checkpoint.
-    if head.startswith(b"\x80"):
-        return
-    if head.startswith(b"PK\x03\x04"):
-        if not zipfile.is_zipfile(path):
-            return                                              # truncated: load_checkpoint says so
-        with zipfile.ZipFile(path) as z:
-            if any(n.endswith("data.pkl") for n in z.namelist()):
-                return
-        what = "a zip archive, but not one written by torch.save"
-    elif not head:
-        what = "an empty file"
-    else:
-        try:
-            head.decode("utf-8")
-            what = "a text file"
-        except UnicodeDecodeError:
-            what = "not a file written by torch.save"
-    raise SystemExit(f"{path} is not a model checkpoint (it is {what}){_model_hint(path)}")
-
-
 def _config_beside(path: str):
     """The run's config.json next to the checkpoint (what a stage folder holds), or None."""
     cfg_path = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
@@ -420,8 +384,12 @@ def load_model(path: str, device="cpu"):
     weights stored in bf16 (half the file, as the weights shipped in docs/ are) and weights without their
     model_args or tokenizer (a bare state dict, or a slimmed checkpoint), which then come from the config.json
     that every run folder holds beside model.pt."""
-    check_checkpoint_file(path)
-    ckpt = load_checkpoint(path)                  # one-line CheckpointError when corrupt or truncated
+    try:
+        ckpt = load_checkpoint(path)              # one-line errors: missing, damaged, refused, not a checkpoint
+    except CheckpointError as e:
+        if "is not a checkpoint" in str(e):       # a wrong path (eval.json, ...): point at the model it may mean
+            raise SystemExit(f"{e}{_model_hint(path)}") from None
+        raise
     if not isinstance(ckpt, dict) or not ckpt:
         raise SystemExit(f"{path} is not a model checkpoint (it holds {type(ckpt).__name__}){_model_hint(path)}")
     if "kind" in ckpt and "model" in ckpt:        # reward_model.build saves kind = "pairs" | "pointwise"

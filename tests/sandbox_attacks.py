@@ -247,7 +247,8 @@ def memory_tree(ctx):
 
 # -- running them ----------------------------------------------------------------------------------------------------
 
-def _marked(marker):
+def marked(marker):
+    """Host pids whose name (comm) is `marker`: hostile code names itself so its leftovers can be found."""
     found = []
     for pid in os.listdir("/proc"):
         try:
@@ -318,9 +319,9 @@ def run_attacks(mode, names=None, timeout=1.5):
                 ctx["result"] = r
                 harm = check() if check else None
                 deadline = time.monotonic() + 3.0
-                while _marked(marker) and time.monotonic() < deadline:
+                while marked(marker) and time.monotonic() < deadline:
                     time.sleep(0.05)
-                left = _marked(marker)
+                left = marked(marker)
                 if left:
                     harm = (harm + "; " if harm else "") + f"{len(left)} processes survived"
                     for pid in left:

@@ -116,13 +116,13 @@ def test_files_that_are_not_checkpoints_are_named_as_such_not_corrupt(tmp_path, 
     eval_json.write_text(json.dumps({"arith": {"pass@1": 0.4}}))
     rc, _, err = cli(["--ckpt", str(eval_json), "hi"], capsys)
     assert rc == 2 and err.count("\n") == 1
-    assert "is not a model checkpoint" in err and "text file" in err and path in err   # points at the model
+    assert "is not a checkpoint" in err and "JSON" in err and path in err   # points at the model
     assert "delete" not in err and "corrupt" not in err                                # never "delete your eval"
 
     lonely = tmp_path / "notes.txt"                # no model.pt beside it: the hint says where models live
     lonely.write_text("hello")
     rc, _, err = cli(["--ckpt", str(lonely), "hi"], capsys)
-    assert rc == 2 and "not a model checkpoint" in err and "runs/<name>/<stage>/model.pt" in err
+    assert rc == 2 and "not a checkpoint" in err and "text file" in err and "runs/<name>/<stage>/model.pt" in err
 
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")

@@ -121,28 +121,13 @@ def test_red_team(mode):
         assert run["default_status"] == "refused"
 
 
-def _marked_processes(marker):
-    """Host pids whose name (comm) is `marker`: hostile code names itself so its leftovers can be found."""
-    found = []
-    for pid in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{pid}/comm") as f:
-                if f.read().strip() == marker:
-                    found.append(int(pid))
-        except (OSError, ValueError):
-            pass
-    return found
-
-
 def _assert_no_leftovers(marker, within_s=3.0):
     deadline = time.monotonic() + within_s
-    while _marked_processes(marker) and time.monotonic() < deadline:
+    while sandbox_attacks.marked(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _marked_processes(marker), f"sandboxed processes named {marker} survived"
+    assert not sandbox_attacks.marked(marker), f"sandboxed processes named {marker} survived"
 
 
-# prctl(PR_SET_NAME): the process (and every child it forks) is named `marker` in /proc/<pid>/comm
-NAME_SELF = "import ctypes\nctypes.CDLL(None).prctl(15, {marker!r}.encode(), 0, 0, 0)\n"
 
 # name -> (code, how it may end: substrings of the errors, or "timeout" for the wall-clock kill). Code that swallows
 # the step alarm is usually stopped by the wall clock, but the alarm can land outside its try: either is fine.
@@ -168,7 +153,7 @@ def test_sandbox_stops_hostile_code(name):
     code, endings = HOSTILE_CODE[name]
     timeout = 1.5
     t0 = time.monotonic()
-    r = run_code(NAME_SELF.format(marker=marker) + code, ADD_TESTS, timeout=timeout)
+    r = run_code(sandbox_attacks.NAME_SELF.format(marker=marker) + code, ADD_TESTS, timeout=timeout)
     elapsed = time.monotonic() - t0
     assert r.score == 0.0, (r, name)
     assert r.status in endings or (r.status == "ok" and any(x in e for x in endings for e in r.errors)), r
