@@ -321,3 +321,13 @@ def test_help_shows_examples_and_templates(capsys):
     assert 'python sample.py --ckpt docs/toy_run/zero/model.pt "What is 17 + 25?"' in out
     for word in ("--interactive", "--template", "auto", "r1zero", "chat", "cold_start"):
         assert word in out
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "zero"])
+def test_shipped_models_answer_right_after_cloning(stage, capsys):
+    """The README's first command: docs/toy_run's bf16 models load on CPU, get the R1-Zero template from the stage
+    they record, and answer a toy arithmetic question in the template's format (greedy: deterministic)."""
+    ckpt = os.path.join(ROOT, "docs", "toy_run", stage, "model.pt")
+    rc, out, err = cli(["--ckpt", ckpt, "What is 86+42", "--temperature", "0"], capsys)
+    assert rc == 0 and "template: r1zero" in err, err
+    assert "<think>" in out and "</think> <answer> 128 </answer>" in out, out
