@@ -48,7 +48,7 @@ import json
 import math
 import os
 import platform
-import select
+import selectors
 import signal
 import struct
 import subprocess
@@ -303,37 +303,42 @@ def run_code(code, tests, timeout=4.0, step_timeout=None, memory_mb=256, max_pro
 
 def _pump(proc, payload, wall):
     """Feed the payload to the child's stdin and read its stdout and stderr (capped) until both close or the wall
-    clock runs out. Returns (stdout bytes, stderr bytes, timed_out)."""
+    clock runs out. Returns (stdout bytes, stderr bytes, timed_out). A selector (epoll), not select(): a trainer
+    may hold more than 1024 file descriptors."""
     deadline = time.monotonic() + wall
     out, err = bytearray(), bytearray()
-    pending = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
-    win = proc.stdin.fileno()
-    os.set_blocking(win, False)
-    sent = 0
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ, out)
+    sel.register(proc.stderr, selectors.EVENT_READ, err)
+    os.set_blocking(proc.stdin.fileno(), False)
+    sel.register(proc.stdin, selectors.EVENT_WRITE)
+    sent, reading = 0, 2
     try:
-        while pending or sent < len(payload):
+        while reading:
             left = deadline - time.monotonic()
             if left <= 0:
                 return bytes(out), bytes(err), True
-            wlist = [win] if sent < len(payload) else []
-            r, w, _ = select.select(list(pending), wlist, [], left)
-            if w:
-                try:
-                    sent += os.write(win, payload[sent:sent + 65536])
-                except BlockingIOError:
-                    pass
-                except BrokenPipeError:   # the child is gone: nothing more to send
-                    sent = len(payload)
-                if sent >= len(payload):
-                    proc.stdin.close()
-            for fd in r:
-                chunk = os.read(fd, 65536)
+            for key, _ in sel.select(left):
+                if key.fileobj is proc.stdin:
+                    try:
+                        sent += os.write(key.fd, payload[sent:sent + 65536])
+                    except BlockingIOError:
+                        continue
+                    except BrokenPipeError:   # the child is gone: nothing more to send
+                        sent = len(payload)
+                    if sent >= len(payload):
+                        sel.unregister(proc.stdin)
+                        proc.stdin.close()
+                    continue
+                chunk = os.read(key.fd, 65536)
                 if not chunk:
-                    del pending[fd]
-                elif len(pending[fd]) < MAX_RESULT_BYTES:
-                    pending[fd] += chunk
+                    sel.unregister(key.fileobj)
+                    reading -= 1
+                elif len(key.data) < MAX_RESULT_BYTES:
+                    key.data.extend(chunk)
         return bytes(out), bytes(err), False
     finally:
+        sel.close()
         for f in (proc.stdin, proc.stdout, proc.stderr):
             if not f.closed:
                 f.close()
