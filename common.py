@@ -606,12 +606,17 @@ def build_model_from_checkpoint(path: str, device="cpu"):
             raise CheckpointError(f"checkpoint {path} has no '{key}' entry (keys: {sorted(ckpt)}); "
                                   f"is it a minR1 checkpoint?")
     model = Transformer(ModelArgs(**ckpt["model_args"]))
-    state = ckpt["model"]
-    for prefix in ("module.", "_orig_mod."):   # a state dict taken from a DDP / compiled wrapper
+    model.load_state_dict(unwrapped_state_dict(ckpt["model"]))
+    return model.to(device).eval(), ckpt
+
+
+def unwrapped_state_dict(state: dict) -> dict:
+    """A state dict taken from a DDP or torch.compile wrapper ("module.", "_orig_mod." on every key) as the plain
+    model's."""
+    for prefix in ("module.", "_orig_mod."):
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
-    model.load_state_dict(state)
-    return model.to(device).eval(), ckpt
+    return state
 
 
 # ------------------------------------------------------------------------------------------------------ RNG

@@ -27,7 +27,7 @@ import torch
 import data
 import kernels
 import tokenizer
-from common import CheckpointError, load_checkpoint, run_cli
+from common import CheckpointError, load_checkpoint, run_cli, unwrapped_state_dict
 from model import ModelArgs, Transformer
 
 
@@ -401,9 +401,7 @@ def load_model(path: str, device="cpu"):
     if not isinstance(state, dict) or not state:
         raise SystemExit(f"{path} is not a model checkpoint: it has no model weights (entries: "
                          f"{', '.join(sorted(map(str, ckpt))[:8])}){_model_hint(path)}")
-    for prefix in ("module.", "_orig_mod."):      # a state dict taken from a DDP / compiled wrapper
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+    state = unwrapped_state_dict(state)
 
     config = None if "model_args" in ckpt and "tokenizer" in ckpt else _config_beside(path)
     args = ckpt.get("model_args")

@@ -88,7 +88,7 @@ def finished(cfg, stage) -> bool:
 
 
 # What this process was started with (main sets it): the command suggested for a missing stage repeats it.
-INVOCATION = {"config": None, "name": None, "runs_dir": None}
+INVOCATION = {"config": None, "name": None}
 
 
 def stage_command(cfg, stage) -> str:
@@ -96,8 +96,8 @@ def stage_command(cfg, stage) -> str:
     cmd = f"python train_pipeline.py --stage {stage} --config {INVOCATION['config'] or cfg['name']}"
     if INVOCATION["name"]:
         cmd += f" --name {INVOCATION['name']}"
-    if INVOCATION["runs_dir"]:
-        cmd += f" --runs_dir {INVOCATION['runs_dir']}"
+    if cfg.get("runs_dir", "runs") != "runs":
+        cmd += f" --runs_dir {cfg['runs_dir']}"
     return cmd
 
 
@@ -572,7 +572,7 @@ def main(argv=None):
         cfg["name"] = args.name
     else:
         check_name(cfg["name"], f"config '{args.config}': name")
-    INVOCATION.update(config=args.config, name=args.name, runs_dir=_runs_dir_arg(rest))
+    INVOCATION.update(config=args.config, name=args.name)
     if cfg.get("sandbox_allow_unisolated"):   # sandbox.run_code reads it; without it, code is refused there
         os.environ["MINR1_ALLOW_UNISOLATED"] = "1"
         print0("warning: sandbox_allow_unisolated: model-written code runs even where the sandbox gets no "
@@ -594,16 +594,6 @@ def main(argv=None):
     finally:
         if lock is not None:
             lock.close()
-
-
-def _runs_dir_arg(rest) -> str | None:
-    """The --runs_dir override among the command line's `--key value` pairs (None when not given)."""
-    for i, flag in enumerate(rest):
-        if flag.startswith("--runs_dir="):
-            return flag.split("=", 1)[1]
-        if flag == "--runs_dir" and i + 1 < len(rest):
-            return rest[i + 1]
-    return None
 
 
 if __name__ == "__main__":

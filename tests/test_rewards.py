@@ -137,7 +137,7 @@ def test_math_reward_columns_and_ints():
 
 
 def test_math_reward_false_positives_and_negatives():
-    """The issue's cases, end to end through the answer block: wrong answers earn 0, right spellings earn 1."""
+    """Known checker traps, end to end through the answer block: wrong answers earn 0, right spellings earn 1."""
     wrong = [rz("x", "4 2"), rz("x", "2, 333"), rz("x", "4\u00b2"), " <think> \\boxed{42} </think> <answer></answer>",
              " <think> \\boxed{42} </think> <answer>\u200b</answer>", rz("x", "4\u00b2 apples")]
     assert math_reward(None, wrong, answer=["42", "2333", "42", "42", "42", "42"]) == [0.0] * len(wrong)
@@ -408,7 +408,7 @@ def test_hostile_random_unicode():
 
 
 def test_issue_inputs_are_fast():
-    """The issue's slow inputs: each was normalised or rewritten before any length cap (quadratic \\frac
+    """Inputs that were once slow: each was normalised or rewritten before any length cap (quadratic \\frac
     replacement, NFKC expanding a character 18x); now each reward is capped first. process_time: CPU seconds of
     this process only, so other jobs on a shared machine do not fail the bound."""
     for body in ("1+2 = " + "\\frac12" * 100_000, "\ufdfa" * 1_000_000, "1+2 = " + "\ufdfa" * 1_000_000,
