@@ -159,7 +159,10 @@ def test_math_reward_false_positives_and_negatives():
     ("(" * 99 + "1" + ")" * 99, [1], 1),                    # as deep as the length cap allows: parsed, no crash
 ])
 def test_countdown_valid(answer, nums, target):
-    assert countdown_correct(answer, nums, target) is True
+    """Expressions that reach the target with each number once (R1 §2.2.2: a rule-checked answer).
+    Paper leaves this open: the task's rules (a restated "= target", unicode operators, unary minus only as a given
+    number's sign, exact Fractions) are this repository's countdown."""
+    assert countdown_correct(answer, nums, target) is True, f"{answer!r} reaches {target} with {nums}"
 
 
 @pytest.mark.parametrize("answer, nums, target", [
@@ -185,6 +188,8 @@ def test_countdown_valid(answer, nums, target):
     (12, [1, 2], 12), (["1+2"], [1, 2], 3),              # not a string
 ])
 def test_countdown_invalid(answer, nums, target):
+    """Wrong, malformed or hostile answers are False, quickly.
+    Paper leaves this open: which spellings are refused (** // % and decimals, a 200-character cap)."""
     t0 = time.process_time()
     assert countdown_correct(answer, nums, target) is False   # the documented bool, whatever the input
     assert time.process_time() - t0 < 1.0
