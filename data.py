@@ -342,7 +342,8 @@ def load_jsonl(path: str, kind: str = None) -> list:
     """Tasks from a JSONL file of {"prompt", "answer"} lines (code: + "tests", a list of assert strings, and an
     optional "entry"; countdown: + "nums", "target"). The kind comes from `kind`, else the line's "task", else
     "code" when it has tests, else "arith" (a math answer compared by rule). A malformed line raises ValueError
-    naming the file and the line number. Blank lines are skipped."""
+    naming the file and the line number. Blank lines are skipped. (datasets_jsonl.py reads real data sets, GSM8K,
+    MATH, countdown, with the same per-row check, task_from_row, and can skip bad rows instead.)"""
     if kind is not None and kind not in KINDS:
         raise ValueError(f"unknown task kind {kind!r}; kinds: {', '.join(KINDS)}")
     out = []
@@ -355,46 +356,51 @@ def load_jsonl(path: str, kind: str = None) -> list:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            for key in ("prompt", "answer"):
-                if key not in row:
-                    raise ValueError(f"{where}: missing field '{key}'")
-            if not isinstance(row["prompt"], str) or not row["prompt"].strip():
-                raise ValueError(f"{where}: 'prompt' must be a non-empty string, got {row['prompt']!r:.60}")
-            ans = row["answer"]
-            if isinstance(ans, bool) or not isinstance(ans, (str, int)):
-                raise ValueError(f"{where}: 'answer' must be a string or an integer, got {type(ans).__name__}")
-            task = kind or row.get("task") or ("code" if "tests" in row else "arith")
-            if task not in KINDS:
-                raise ValueError(f"{where}: unknown task {task!r}; kinds: {', '.join(KINDS)}")
-            if kind is not None and row.get("task", kind) != kind:
-                raise ValueError(f"{where}: task {row['task']!r} in a file loaded as {kind!r}")
-            if task == "code":
-                tests = row.get("tests")
-                if not isinstance(tests, list) or not tests or not all(isinstance(x, str) for x in tests):
-                    raise ValueError(f"{where}: a code task needs 'tests', a non-empty list of strings")
-                try:   # each test must be a value test (`assert <expr> == <literal>`), see sandbox.py
-                    check_tests(tests)
-                except ValueError as e:
-                    raise ValueError(f"{where}: {e}") from None
-                if "entry" in row and not isinstance(row["entry"], str):
-                    raise ValueError(f"{where}: 'entry' must be a string")
-            if task == "countdown":
-                nums, target = row.get("nums"), row.get("target")
-                if not isinstance(nums, list) or not nums or not all(
-                        isinstance(x, int) and not isinstance(x, bool) for x in nums):
-                    raise ValueError(f"{where}: a countdown task needs 'nums', a non-empty list of integers")
-                if not isinstance(target, int) or isinstance(target, bool):
-                    raise ValueError(f"{where}: a countdown task needs an integer 'target'")
-            lang = row.get("lang") or _detect_lang(row["prompt"])
-            if lang not in ("en", "zh"):
-                raise ValueError(f"{where}: 'lang' must be 'en' or 'zh', got {lang!r}")
-            diff = row.get("difficulty", 0)
-            if not isinstance(diff, int) or isinstance(diff, bool):
-                raise ValueError(f"{where}: 'difficulty' must be an integer")
-            out.append({**row, "task": task, "answer": str(ans), "lang": lang, "difficulty": diff})
+            out.append(task_from_row(row, where, kind))
     return out
+
+
+def task_from_row(row, where: str, kind: str = None) -> dict:
+    """One parsed JSONL row -> a task dict (load_jsonl's rules), or ValueError("<where>: what is wrong")."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for key in ("prompt", "answer"):
+        if key not in row:
+            raise ValueError(f"{where}: missing field '{key}'")
+    if not isinstance(row["prompt"], str) or not row["prompt"].strip():
+        raise ValueError(f"{where}: 'prompt' must be a non-empty string, got {row['prompt']!r:.60}")
+    ans = row["answer"]
+    if isinstance(ans, bool) or not isinstance(ans, (str, int)):
+        raise ValueError(f"{where}: 'answer' must be a string or an integer, got {type(ans).__name__}")
+    task = kind or row.get("task") or ("code" if "tests" in row else "arith")
+    if task not in KINDS:
+        raise ValueError(f"{where}: unknown task {task!r}; kinds: {', '.join(KINDS)}")
+    if kind is not None and row.get("task", kind) != kind:
+        raise ValueError(f"{where}: task {row['task']!r} in a file loaded as {kind!r}")
+    if task == "code":
+        tests = row.get("tests")
+        if not isinstance(tests, list) or not tests or not all(isinstance(x, str) for x in tests):
+            raise ValueError(f"{where}: a code task needs 'tests', a non-empty list of strings")
+        try:   # each test must be a value test (`assert <expr> == <literal>`), see sandbox.py
+            check_tests(tests)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        if "entry" in row and not isinstance(row["entry"], str):
+            raise ValueError(f"{where}: 'entry' must be a string")
+    if task == "countdown":
+        nums, target = row.get("nums"), row.get("target")
+        if not isinstance(nums, list) or not nums or not all(
+                isinstance(x, int) and not isinstance(x, bool) for x in nums):
+            raise ValueError(f"{where}: a countdown task needs 'nums', a non-empty list of integers")
+        if not isinstance(target, int) or isinstance(target, bool):
+            raise ValueError(f"{where}: a countdown task needs an integer 'target'")
+    lang = row.get("lang") or _detect_lang(row["prompt"])
+    if lang not in ("en", "zh"):
+        raise ValueError(f"{where}: 'lang' must be 'en' or 'zh', got {lang!r}")
+    diff = row.get("difficulty", 0)
+    if not isinstance(diff, int) or isinstance(diff, bool):
+        raise ValueError(f"{where}: 'difficulty' must be an integer")
+    return {**row, "task": task, "answer": str(ans), "lang": lang, "difficulty": diff}
 
 
 # ============================================================================================== the CLI
