@@ -5,7 +5,8 @@ Dispatch rule (the only one in the codebase):
   - CUDA tensors                    -> the Triton kernel
   - CPU tensors, TRITON_INTERPRET=1 -> the Triton kernel, run by Triton's interpreter (the tests)
   - CPU tensors otherwise           -> the torch reference (a CPU user never needs Triton); for token_logprobs
-                                       and grpo_token_loss a chunked torch Function with the kernel's memory bound
+                                       and grpo_token_loss a chunked torch Function with the kernel's memory bound,
+                                       for moe_ffn torch's grouped GEMM (the reference's loop for odd shapes)
 
 model.py, sample.py and grpo.py call only the public functions (no `_ref`, no leading underscore); their
 signatures are the contract. The ops:
@@ -17,7 +18,8 @@ signatures are the contract. The ops:
   5. grpo_token_loss   the GRPO per-token loss (R1 eq. 1-3) fused with op 4
   6. attention         causal flash attention with qk head dim != v head dim (MLA: 192 vs 128), LSE saved
   7. mla_decode        one-token decode attention over the latent cache (absorbed MLA)
-  8. moe_ffn           MoE routing metadata, permute / unpermute, grouped GEMMs for the SwiGLU experts
+  8. moe_ffn           MoE routing metadata, permute / unpermute, grouped GEMMs for the SwiGLU experts (on CPU:
+                       torch._grouped_mm, one call per projection for all experts, instead of the reference's loop)
 
 Tests (kernels vs references under the interpreter, forward and every gradient):
     TRITON_INTERPRET=1 is set by the test file itself:  python -m pytest -q tests/test_kernels.py
@@ -329,7 +331,16 @@ def apply_rope(x, cos, sin):
                          f"got x {tuple(x.shape)}, cos {tuple(cos.shape)}, sin {tuple(sin.shape)}")
     if use_triton(x) and x.numel() > 0:
         return _Rope.apply(x, cos, sin)
-    return apply_rope_ref(x, cos, sin)
+    return _apply_rope_complex(x, cos, sin)
+
+
+def _apply_rope_complex(x, cos, sin):
+    """The torch path: each pair (x0, x1) as the complex number x0 + i x1, times cos + i sin (one complex mul,
+    as DeepSeek's own inference code writes it). The same products as apply_rope_ref, one kernel instead of
+    ~10 elementwise ops: equal outputs and x-gradients (tests/test_speed.py), ~2x faster forward + backward."""
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())          # (B, T, H, R/2)
+    rot = torch.complex(cos.float(), sin.float())[:, :, None, :]                       # (B, T, 1, R/2)
+    return torch.view_as_real(xc * rot).flatten(-2).to(x.dtype)
 
 
 # ================================================================================================================
@@ -867,9 +878,18 @@ def attention(q, k, v, scale: float, causal: bool = True):
     if use_triton(q) and q.numel() > 0 and v.numel() > 0:
         return _Attention.apply(q, k, v, float(scale), causal)
     if q.shape[1] == k.shape[1] and q.numel() > 0:   # torch's fused attention: same math, no (T, S) score tensor
+        # torch's CPU flash kernel needs one head dim for q, k and v; with MLA's Dv != Dqk it would silently take
+        # the unfused math path (bmm, masked_fill, ~2x slower). Zero columns pad the narrower side: zero dims
+        # add nothing to q.k (the scale is passed explicitly), and each output column is its own sum p v[:, j],
+        # so the padded output's first Dv columns are exactly the unpadded ones (and their gradients).
+        Dqk, Dv = q.shape[-1], v.shape[-1]
+        if Dv < Dqk:
+            v = F.pad(v, (0, Dqk - Dv))
+        elif Dqk < Dv:
+            q, k = F.pad(q, (0, Dv - Dqk)), F.pad(k, (0, Dv - Dqk))
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal,
                                            scale=scale)
-        return o.transpose(1, 2)                                                        # (B, T, H, Dv)
+        return o.transpose(1, 2)[..., :Dv]                                              # (B, T, H, Dv)
     return attention_ref(q, k, v, scale, causal)
 
 
@@ -1221,6 +1241,72 @@ class _MoEFFN(torch.autograd.Function):
         return dx, None, dgate.view(N, K).to(ctx.weight_dtype), dw1, dw3, dw2
 
 
+# The torch path: the same sort by expert, then one grouped GEMM per projection for all experts at once
+# (torch._grouped_mm: C[rows of e] = A[rows of e] @ B[e], with the experts' row ranges given by their cumulative
+# counts `offs`, no Python loop; autograd gives its backward, dW[e] = A[rows of e]^T dC[rows of e] included).
+# Its CPU kernel wants fp32/bf16/fp16 and rows whose byte strides are multiples of 16, i.e. D and I multiples of
+# 4 in fp32, 8 in bf16; other shapes, dtypes and devices keep the per-expert loop of moe_ffn_ref.
+def _grouped_mm_fits(x, w1, dtype) -> bool:
+    if not hasattr(torch, "_grouped_mm") or x.device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16,
+                                                                                  torch.float16):
+        return False
+    align = 16 // dtype.itemsize
+    return x.shape[1] % align == 0 and w1.shape[2] % align == 0
+
+
+def _moe_ffn_grouped(x, topk_idx, topk_weight, w1, w3, w2, dtype):
+    """moe_ffn_ref's arithmetic (the same pair order, the same products) with the loop replaced by grouped GEMMs."""
+    N, K = topk_idx.shape
+    E = w1.shape[0]
+    if N * E <= _MOE_ALL_EXPERTS_ROWS:
+        return _moe_ffn_all_experts(x, topk_idx, topk_weight, w1, w3, w2, dtype)
+    if N * K <= E:
+        return _moe_ffn_gathered(x, topk_idx, topk_weight, w1, w3, w2, dtype)
+    flat = topk_idx.reshape(-1)                                             # (N*K,) expert of each pair
+    order = flat.argsort(stable=True)                                       # pairs grouped by expert
+    token = order // K                                                      # (N*K,) token of each sorted pair
+    offs = torch.bincount(flat, minlength=E).cumsum(0).to(torch.int32)      # (E,) end row of each expert
+    if dtype != x.dtype or dtype != w1.dtype:     # autocast: cast once, as `@` would per expert slice
+        w1, w3, w2 = w1.to(dtype), w3.to(dtype), w2.to(dtype)
+    xs = x.to(dtype).index_select(0, token)                                 # (N*K, D) the permuted rows
+    h1 = torch._grouped_mm(xs, w1, offs=offs)                               # (N*K, I)
+    h3 = torch._grouped_mm(xs, w3, offs=offs)
+    ys = torch._grouped_mm(swiglu_ref(h1, h3), w2, offs=offs)               # (N*K, D)
+    ys = ys * topk_weight.reshape(-1)[order, None].to(x.dtype)
+    return torch.zeros_like(x).index_add(0, token, ys)                      # unpermute: sum each token's K rows
+
+
+# A decode step's few tokens: every expert on every token in 3 batched matmuls (E x N rows, E/K times the FLOPs
+# the routed rows need), then each token keeps its K experts' rows. Below this many rows the extra FLOPs cost less
+# than the grouped kernel's per-expert matmul calls (toy decode, batch 16, 2 threads: ~20% faster steps).
+_MOE_ALL_EXPERTS_ROWS = 512
+
+
+def _moe_ffn_all_experts(x, topk_idx, topk_weight, w1, w3, w2, dtype):
+    N, K = topk_idx.shape
+    E, D = w1.shape[0], x.shape[1]
+    if dtype != w1.dtype:
+        w1, w3, w2 = w1.to(dtype), w3.to(dtype), w2.to(dtype)
+    xe = x.to(dtype)[None].expand(E, N, D)                                  # (E, N, D) every token, every expert
+    ys = torch.bmm(swiglu_ref(torch.bmm(xe, w1), torch.bmm(xe, w3)), w2)    # (E, N, D)
+    ys = ys[topk_idx, torch.arange(N, device=x.device)[:, None]]            # (N, K, D) the routed rows only
+    return (ys * topk_weight[..., None].to(x.dtype)).sum(1).to(x.dtype)
+
+
+def _moe_ffn_gathered(x, topk_idx, topk_weight, w1, w3, w2, dtype):
+    """Fewer (token, expert) pairs than experts (decoding a small batch): each pair multiplies by its own expert's
+    gathered weights in one batched matmul, instead of a grouped GEMM whose CPU kernel visits every expert (a
+    matmul call and a read of its row range each, most of them empty). Copies at most E experts' weights."""
+    N, K = topk_idx.shape
+    flat = topk_idx.reshape(-1)                                             # (N*K,)
+    D = x.shape[1]
+    xs = x.to(dtype)[:, None, :].expand(N, K, D).reshape(N * K, 1, D)       # (N*K, 1, D) token of each pair
+    w1, w3, w2 = (w.index_select(0, flat).to(dtype) for w in (w1, w3, w2))  # (N*K, D, I), .., (N*K, I, D)
+    ys = torch.bmm(swiglu_ref(torch.bmm(xs, w1), torch.bmm(xs, w3)), w2)    # (N*K, 1, D)
+    ys = ys.view(N, K, D) * topk_weight[..., None].to(x.dtype)
+    return ys.sum(1).to(x.dtype)                                            # sum each token's K expert outputs
+
+
 def moe_ffn(x, topk_idx, topk_weight, w1, w3, w2):
     N, D = x.shape
     E, _, I = w1.shape
@@ -1231,4 +1317,8 @@ def moe_ffn(x, topk_idx, topk_weight, w1, w3, w2):
                          f"w1 {tuple(w1.shape)}, w3 {tuple(w3.shape)}, w2 {tuple(w2.shape)}")
     if use_triton(x) and x.numel() > 0 and topk_idx.numel() > 0:
         return _MoEFFN.apply(x, topk_idx, topk_weight, w1, w3, w2)
+    amp = torch.is_autocast_enabled("cpu")        # the reference's `@` would autocast: the grouped GEMMs too
+    dtype = torch.get_autocast_dtype("cpu") if amp else x.dtype
+    if _grouped_mm_fits(x, w1, dtype) and (amp or x.dtype == w1.dtype == w3.dtype == w2.dtype):
+        return _moe_ffn_grouped(x, topk_idx, topk_weight, w1, w3, w2, dtype)
     return moe_ffn_ref(x, topk_idx, topk_weight, w1, w3, w2)

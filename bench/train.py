@@ -4,6 +4,7 @@
     python bench/train.py --config toy --batch-size 16 --seq-len 256 --steps 10
     python bench/train.py --precision fp32                 # bf16 autocast off (default "auto": see common.autocast)
     python bench/train.py --out bench/results/train_cpu_bf16.md   # rewrite a committed result
+    python bench/train.py --profile                        # + torch.profiler's top ops of one step (self CPU)
 
 MFU = (train FLOPs per token, from model.counters: 6 x active params + attention) x tokens/s / peak FLOP/s,
 where the peak is the best timed square matmul (common.get_peak_flops) in the dtype the matmuls run in (bf16
@@ -34,7 +35,12 @@ def main(argv=None):
     ap.add_argument("--precision", default="auto", help="auto | bf16 | fp32 (common.autocast)")
     ap.add_argument("--vocab-size", type=int, default=None, help="default: the toy tokenizer's size if present")
     ap.add_argument("--out", default=None, help="also write the table to this file (default: print it only)")
+    ap.add_argument("--profile", action="store_true", help="after the timed steps, profile one more step and print "
+                    "its top ops by self CPU time (where the step's time goes)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     cfg = load_config(a.config)
     pre = cfg.get("pretrain", {})
     B, T = a.batch_size or pre.get("batch_size", 16), a.seq_len or pre.get("seq_len", 256)
@@ -54,9 +60,7 @@ def main(argv=None):
     amp = autocast(device, a.precision)
     bf16 = uses_bf16(device, a.precision)
     x = torch.randint(0, margs.vocab_size, (B, T + 1), device=device)
-    times = []
-    for i in range(a.warmup + a.steps):
-        t0 = time.perf_counter()
+    def train_step():
         with amp:
             _, loss, _ = model(x[:, :-1], x[:, 1:])
         loss.backward()
@@ -65,8 +69,18 @@ def main(argv=None):
         model.update_bias()
         if device.type == "cuda":
             torch.cuda.synchronize()
+
+    times = []
+    for i in range(a.warmup + a.steps):
+        t0 = time.perf_counter()
+        train_step()
         if i >= a.warmup:
             times.append(time.perf_counter() - t0)
+    if a.profile:
+        from torch.profiler import profile
+        with profile() as prof:
+            train_step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
     c = model.counters(seq_len=T)
     step = sorted(times)[len(times) // 2]                       # median step time
     tok_s = B * T / step
