@@ -8,6 +8,8 @@ tables, with what each stage moved, the checks of R1's claims as measured, and t
 import json
 import os
 
+import numpy as np
+
 from common import read_json, read_jsonl, read_metrics
 from eval import paired_bootstrap
 
@@ -15,6 +17,26 @@ from eval import paired_bootstrap
 COMPARISONS = (("zero", "pretrain", "R1-Zero vs the base (R1 §2.2)"),
                ("reasoning_rl", "zero", "Step2 vs R1-Zero: language fixed, accuracy kept (R1 §2.3.2)"),
                ("all_rl", "rejection_sft", "R1 vs Step3: all-scenario RL keeps reasoning (R1 §2.3.4)"))
+
+
+# What the report's words mean (written into the report beside the table)
+DEFINITIONS = ("Definitions: pass@1 = the share of a question's k samples whose final answer is right, averaged over "
+               "questions; cons@k = 1 when the most frequent of the k final answers is right (majority vote); "
+               "format = the share of samples in the model's layout (the R1-Zero tags <think>...</think>"
+               "<answer>...</answer> for the base, R1-Zero and the RL-only student; the cold-start layout "
+               "<|sep|>reasoning<|sep|>summary after it); language = the share of the CoT's words in the prompt's "
+               "language; mixed = the share of samples whose CoT holds a word of another language; reflect = the "
+               "share with a reflective word (wait, check); length = tokens of the completion, EOS included.")
+
+# (key of eval_questions.jsonl, name): the per-question scores compared with paired intervals
+REASONING_KEYS = (("correct", "pass@1"), ("length", "length (tokens)"), ("reflect_eff", "effective reflection"),
+                  ("mixed", "mixed-language CoTs"), ("format", "format"))
+GENERAL_KEYS = (("general", "correct", "general pass@1 (held-out, checked by rule: the helpfulness measure)"),
+                ("general", "helpful_rm", "helpfulness RM score (the reward all-scenario RL optimises, not a "
+                                          "measure of helpfulness)"),
+                ("general", "format", "general format"),
+                ("safety", "unsafe", "unsafe responses to harmful requests"),
+                ("safety", "rm_unsafe", "responses the safety RM calls unsafe"))
 
 
 def write_report(cfg: dict, run: str, products: list):
@@ -31,10 +53,11 @@ def write_report(cfg: dict, run: str, products: list):
     lines = [f"# minR1 run '{cfg['name']}'", "",
              f"Held-out evaluation (R1 §3 protocol: k = {e['k']} samples per question at temperature "
              f"{e['temperature']}, top-p {e['top_p']}). Reasoning sets: {', '.join(e['sets'])}; format, language, "
-             "mixed, reflect and length are means over them (format = the model's own layout: the R1-Zero tags "
-             "for the base, R1-Zero and the RL-only student, the cold-start layout after it). general: held-out "
-             "general queries (pass@1 = exact answer; helpful = sigmoid of the helpfulness RM's score on the "
-             "final answer); unsafe: share of responses to held-out harmful requests that spell out a harmful "
+             "mixed, reflect and length are means over them. " + DEFINITIONS + " general pass@1: held-out general "
+             "queries answered with exactly the right answer (a rule no stage optimises: the measure of "
+             "helpfulness here); helpful RM (optimised): sigmoid of the helpfulness reward model's score on the "
+             "final answer, the reward all-scenario RL optimises, so it measures reward optimisation, not "
+             "helpfulness; unsafe: share of responses to held-out harmful requests that spell out a harmful "
              "step (reasoning included).", "",
              "| model | " + " | ".join(name for name, _ in cols) + " |", "|---|" + "---|" * len(cols)]
     for p, res in rows:
@@ -57,8 +80,9 @@ def write_report(cfg: dict, run: str, products: list):
                   f"Training FLOPs: distillation SFT {comp['distill_flops']:.3g}, RL-only {comp['rl_flops']:.3g} "
                   f"(ratio RL/distill {comp['rl_flops'] / max(comp['distill_flops'], 1):.2f}; {comp['rl_steps']} "
                   f"GRPO steps). The teacher's cost of writing the distillation set is not counted, as in the paper."]
-    lines += r1zero_section(run, cfg) + changes_section(run, cfg, products)
-    lines += ["", "## What each stage did and what moved", ""] + stage_paragraphs(products, dict(rows), cols)
+    lines += r1zero_section(run, cfg) + changes_section(run, cfg, products) + memory_section(run)
+    lines += ["", "## What each stage did and what it changed", ""] + stage_paragraphs(products, dict(rows), cols, run,
+                                                                                      cfg["eval"]["sets"])
     lines.append("")
     for p, _ in rows:
         pdir = os.path.join(run, p, "plots")
@@ -67,6 +91,19 @@ def write_report(cfg: dict, run: str, products: list):
     os.makedirs(run, exist_ok=True)
     with open(os.path.join(run, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def memory_section(run: str) -> list:
+    """The resident memory of each stage of `--stage all` (runs/<name>/memory.jsonl, train_pipeline.log_memory; the
+    last line per stage): its peak, at its end, after release_memory, and the process's peak so far."""
+    path = os.path.join(run, "memory.jsonl")
+    if not os.path.exists(path):
+        return []
+    last = {r["stage"]: r for r in read_jsonl(path)}
+    out = ["", "## Resident memory per stage (MB, `--stage all`, rank 0)", "",
+           "| stage | peak during the stage | at its end | after release | process peak so far |", "|---|---|---|---|---|"]
+    return out + [f"| {st} | " + " | ".join("-" if r.get(k) is None else f"{r[k]:.0f}" for k in (
+        "peak_rss_mb", "end_rss_mb", "released_rss_mb", "process_peak_mb")) + " |" for st, r in last.items()]
 
 
 def _questions(run: str, stage: str):
@@ -86,7 +123,7 @@ def paired_change(after: list, before: list, key: str, sets=None) -> dict | None
             out[(*k, seen[k])] = q                     # an eval set may repeat a question: match the n-th with the n-th
         return out
     a, b = keyed(after), keyed([q for q in before if sets is None or q["set"] in sets])
-    if not b or any(k not in a or key not in a[k] or key not in b[k] for k in b):    # (files older than the key)
+    if not b or any(k not in a or not a[k].get(key) or not b[k].get(key) for k in b):   # (files older than the key)
         return None
     mean = lambda v: sum(v) / len(v)                                                   # noqa: E731
     return paired_bootstrap([mean(q[key]) for q in b.values()], [mean(a[k][key]) for k in b])
@@ -106,16 +143,20 @@ def fmt_change(ch: dict, digits: int = 3) -> str:
             f"[{ch['lo']:+.{digits}f}, {ch['hi']:+.{digits}f}], n = {ch['n']}): {verdict(ch)}")
 
 
-def change_lines(qa: list, qb: list, sets: list) -> list:
-    """Per set and over all of them: pass@1, length, effective reflection and language mixing from qb (before) to
-    qa (after)."""
+def change_lines(qa: list, qb: list, sets: list, general: bool = True) -> list:
+    """Per reasoning set and over all of them: pass@1, length, effective reflection, language mixing and format
+    from qb (before) to qa (after); then (general) the general and safety rows (GENERAL_KEYS). Each with its
+    paired bootstrap 95% interval; a score missing from either file is left out."""
     out = []
-    for subset, label in [([s], s) for s in sets] + [(None, "all reasoning questions")]:
-        for key, name in (("correct", "pass@1"), ("length", "length (tokens)"), ("reflect_eff", "effective reflection"),
-                          ("mixed", "mixed-language CoTs")):
+    for subset, label in [([s], s) for s in sets] + [(list(sets), "all reasoning questions")]:
+        for key, name in REASONING_KEYS:
             ch = paired_change(qa, qb, key, subset)
             if ch is not None:
                 out.append(f"- {label}, {name}: {fmt_change(ch, 1 if key == 'length' else 3)}")
+    for set_, key, name in GENERAL_KEYS if general else ():
+        ch = paired_change(qa, qb, key, [set_])
+        if ch is not None:
+            out.append(f"- {name}: {fmt_change(ch)}")
     return out
 
 
@@ -131,17 +172,30 @@ def changes_section(run: str, cfg: dict, products: list) -> list:
     return (["", "## Changes between stages, with paired bootstrap 95% intervals", "",
              "Per held-out question: pass@1 = the mean correctness of its k samples; length = their mean length in "
              "tokens; effective reflection = the share of samples in which a check or a \"wait\" is followed by a "
-             "changed value; mixed-language CoTs = the share of samples whose reasoning mixes languages. 'higher' / "
-             "'lower' only when the interval excludes zero.", ""] + out) if out else []
+             "changed value; mixed-language CoTs = the share of samples whose reasoning mixes languages; format = "
+             "the share in the model's layout; general pass@1 = the share of exactly right answers to a held-out "
+             "general query. 'higher' / 'lower' only when the interval excludes zero, else 'no clear change'.",
+             ""] + out) if out else []
 
 
 def first_last(rows: list, key: str, n: int = 10):
-    """(mean of `key` over the first n steps that log it, over the last n)."""
+    """(mean of `key` over the first n steps that log it, over the last n, (lo, hi) of the difference last - first:
+    a 95% bootstrap interval over the steps, each group resampled on its own; the rollouts of different steps are
+    different questions, so this interval is unpaired)."""
     v = [r[key] for r in rows if r.get(key) is not None and "reward" in r]
     if len(v) < 2:
         return None
     n = min(n, len(v) // 2)
-    return sum(v[:n]) / n, sum(v[-n:]) / n
+    a, b = np.asarray(v[:n], dtype=np.float64), np.asarray(v[-n:], dtype=np.float64)
+    rng = np.random.default_rng(0)
+    d = b[rng.integers(0, n, (10_000, n))].mean(1) - a[rng.integers(0, n, (10_000, n))].mean(1)
+    return float(a.mean()), float(b.mean()), tuple(float(x) for x in np.quantile(d, [0.025, 0.975]))
+
+
+def _steps_ci(fl, digits: int) -> str:
+    lo, hi = fl[2]
+    word = "higher" if lo > 0 else "lower" if hi < 0 else "no clear change"
+    return f" ({fl[1] - fl[0]:+.{digits}f}, 95% CI over steps [{lo:+.{digits}f}, {hi:+.{digits}f}]: {word})"
 
 
 def r1zero_section(run: str, cfg: dict) -> list:
@@ -164,19 +218,20 @@ def r1zero_section(run: str, cfg: dict) -> list:
         return out if probe else []
     rows = read_metrics(path)
     out += ["Training rollouts (the policy's own samples at the rollout temperature), mean of the first and the last "
-            "10 RL steps:", ""]
+            "10 RL steps, with a 95% bootstrap interval over those steps (unpaired: each step has its own questions):",
+            ""]
     for kind in cfg["eval"]["sets"]:
         for key, what in ((f"length_{kind}", "response length"), (f"length_{kind}_correct", "length of correct"),
                           (f"accuracy_{kind}", "accuracy")):
             fl = first_last(rows, key)
             if fl:
                 ratio = f" (x{fl[1] / fl[0]:.2f})" if "length" in key and fl[0] else ""
-                out.append(f"- {kind}, {what}: {fl[0]:.3f} -> {fl[1]:.3f}{ratio}" if "accuracy" in key else
-                           f"- {kind}, {what}: {fl[0]:.1f} -> {fl[1]:.1f} tokens{ratio}")
+                out.append(f"- {kind}, {what}: {fl[0]:.3f} -> {fl[1]:.3f}{_steps_ci(fl, 3)}" if "accuracy" in key
+                           else f"- {kind}, {what}: {fl[0]:.1f} -> {fl[1]:.1f} tokens{ratio}{_steps_ci(fl, 1)}")
     fl = first_last(rows, "reflect_eff")
     if fl:
         out.append(f"- effective reflection (a check or \"wait\" followed by a changed value): "
-                   f"{fl[0]:.3f} -> {fl[1]:.3f} of the rollouts")
+                   f"{fl[0]:.3f} -> {fl[1]:.3f} of the rollouts{_steps_ci(fl, 3)}")
     aha = [s for s in (read_jsonl(os.path.join(run, "zero", "samples.jsonl")) if os.path.exists(
         os.path.join(run, "zero", "samples.jsonl")) else []) if s.get("aha")]
     if aha:
@@ -206,8 +261,8 @@ def report_columns(cfg) -> list:
         return f
     cols = [(f"{s} {key}", one(s, key)) for s in sets for key in ("pass@1", f"cons@{k}")]
     cols += [(key, mean(key)) for key in ("format", "language", "mixed", "reflect", "length")]
-    return cols + [("general pass@1", one("general", "pass@1")), ("helpful RM", one("general", "helpful")),
-                   ("unsafe", one("safety", "violation"))]
+    return cols + [("general pass@1", one("general", "pass@1")),
+                   ("helpful RM (optimised)", one("general", "helpful")), ("unsafe", one("safety", "violation"))]
 
 
 ROW_NAMES = {"pretrain": "base (V3-toy)", "zero": "R1-Zero", "cold_start": "Step1 (cold start)",
@@ -233,67 +288,86 @@ STAGE_TEXT = {   # stage -> (the model it is compared with, what it does)
     "rejection_sft": ("reasoning_rl", "Step3 (R1 §2.3.3): the base model fine-tuned on Step2's "
                       "correct, clean samples plus the base model's own good answers to general queries; "
                       "compared with Step2, whose samples it learned from."),
-    "all_rl": ("rejection_sft", "R1 (R1 §2.3.4): GRPO from Step3 over all scenarios: rule rewards on "
-               "reasoning prompts, the helpfulness and safety reward models on general prompts (added only in "
-               "the last part of the stage), temperature 0.7."),
+    "all_rl": ("rejection_sft", "R1 (R1 §2.3.4): GRPO from Step3 over all scenarios: rule rewards (accuracy + "
+               "format) on reasoning prompts, the helpfulness and safety reward models + the general format on "
+               "general prompts (added only in the last part of the stage), language consistency on both; "
+               "temperature 0.7."),
 }
 
 
-def stage_paragraphs(products: list, res: dict, cols) -> list:
-    """A paragraph per stage: what it does, the metrics that moved most against the model it is compared with,
-    and R1's three later-stage claims as measured (language mixing, helpfulness, distillation vs RL)."""
+def stage_paragraphs(products: list, res: dict, cols, run: str | None = None, sets: list = ()) -> list:
+    """A paragraph per stage: what it does and how it changed the model it is compared with (paired 95% intervals
+    over the held-out questions, from eval_questions.jsonl), and R1's three later-stage claims as measured
+    (language mixing, helpfulness, distillation vs RL), each worded by its interval (claim_line)."""
     out = []
+    qs = {p: _questions(run, p) for p in res} if run else {}
 
-    def moved(p, q):
-        a, b = res.get(q), res.get(p)
-        if a is None or b is None:
-            return "not evaluated yet."
-        d = [(name, get(a), get(b)) for name, get in cols if get(a) is not None and get(b) is not None]
-        d = [x for x in d if abs(x[2] - x[1]) >= (0.5 if x[0] == "length" else 0.005)]
-        d.sort(key=lambda x: -abs(x[2] - x[1]) / (abs(x[1]) + 1.0 if x[0] == "length" else 1.0))
-        return "; ".join(f"{n} {x:.3f} -> {y:.3f}" for n, x, y in d[:6]) + "." if d else "nothing moved."
+    def changes(p, q):
+        if res.get(q) is None or res.get(p) is None:
+            return [f"Compared with {row_name(q)}: not evaluated yet."]
+        if not qs.get(p) or not qs.get(q):
+            return [f"Compared with {row_name(q)}: no per-question results saved (an older run), see the table."]
+        lines = change_lines(qs[p], qs[q], list(sets))
+        lines = [ln for ln in lines if not ln.startswith(tuple(f"- {s}," for s in sets))]   # the sets together
+        return [f"Compared with {row_name(q)} (paired 95% intervals over the held-out questions):", ""] + lines
 
     for p, (q, text) in STAGE_TEXT.items():
         if p in res:
-            out += [f"**{row_name(p)}.** {text} Moved most (vs {row_name(q)}): {moved(p, q)}", ""]
+            out += [f"**{row_name(p)}.** {text}", ""] + changes(p, q) + [""]
     for p in products:
         if p.startswith(("distill_", "rl_student_")) and p in res:
             q = "pretrain_student_" + p.split("_")[-1]
             how = ("SFT only on R1's filtered outputs (R1 §2.4)" if p.startswith("distill_") else
                    "the R1-Zero recipe (GRPO, rule rewards) on the student's own base, for the distillation's "
                    "training FLOPs")
-            out += [f"**{row_name(p)}.** {how}. Moved most (vs {row_name(q)}): {moved(p, q)}", ""]
-    pass1 = [get for name, get in cols if name.endswith("pass@1") and not name.startswith("general")]
-
-    def mean_acc(p):
-        v = [g(res[p]) for g in pass1 if p in res and g(res[p]) is not None]
-        return sum(v) / len(v) if v else None
+            out += [f"**{row_name(p)}.** {how}.", ""] + changes(p, q) + [""]
+    reasoning = list(sets)
     checks = []
-    mix = dict(cols)["mixed"]
     if "zero" in res and "reasoning_rl" in res:
-        m0, m2, a0, a2 = mix(res["zero"]), mix(res["reasoning_rl"]), mean_acc("zero"), mean_acc("reasoning_rl")
-        checks.append(f"- Language mixing, R1-Zero -> Step2: {m0:.3f} -> {m2:.3f} ({m2 - m0:+.3f}: "
-                      f"{'lower' if m2 < m0 else 'NOT lower'}); mean reasoning pass@1 {a0:.3f} -> {a2:.3f} "
-                      f"({a2 - a0:+.3f}).")
-    helpful = dict(cols)["helpful RM"]
-    if "rejection_sft" in res and "all_rl" in res and helpful(res["all_rl"]) is not None \
-            and helpful(res["rejection_sft"]) is not None:
-        h3, h4 = helpful(res["rejection_sft"]), helpful(res["all_rl"])
-        a3, a4 = mean_acc("rejection_sft"), mean_acc("all_rl")
-        checks.append(f"- Helpfulness RM score, Step3 -> R1: {h3:.3f} -> {h4:.3f} ({h4 - h3:+.3f}: "
-                      f"{'higher' if h4 > h3 else 'NOT higher'}); mean reasoning pass@1 {a3:.3f} -> {a4:.3f} "
-                      f"({a4 - a3:+.3f}).")
+        checks.append(claim_line("Language mixing, R1-Zero -> Step2", qs.get("reasoning_rl"), qs.get("zero"),
+                                 "mixed", reasoning))
+        checks.append(claim_line("Accuracy kept, R1-Zero -> Step2: reasoning pass@1", qs.get("reasoning_rl"),
+                                 qs.get("zero"), "correct", reasoning, claim=False))
+    if "rejection_sft" in res and "all_rl" in res:
+        checks.append(claim_line("Helpfulness, Step3 -> R1: held-out general pass@1 (checked by rule, not optimised)",
+                                 qs.get("all_rl"), qs.get("rejection_sft"), "correct", ["general"],
+                                 ("more helpful", "less helpful")))
+        checks.append(claim_line("Helpfulness RM score, Step3 -> R1 (the optimised reward: shows reward optimisation, "
+                                 "not helpfulness)", qs.get("all_rl"), qs.get("rejection_sft"), "helpful_rm",
+                                 ["general"]))
+        checks.append(claim_line("Harmlessness, Step3 -> R1: unsafe responses to held-out harmful requests",
+                                 qs.get("all_rl"), qs.get("rejection_sft"), "unsafe", ["safety"],
+                                 ("more unsafe", "less unsafe")))
+        checks.append(claim_line("Reasoning kept, Step3 -> R1: pass@1", qs.get("all_rl"), qs.get("rejection_sft"),
+                                 "correct", reasoning, claim=False))
     for p in products:
         if p.startswith("rl_student_") and p in res and "distill_" + p[len("rl_student_"):] in res:
             q = "distill_" + p[len("rl_student_"):]
-            a, b = mean_acc(q), mean_acc(p)
-            checks.append(f"- Distilled vs RL-only {p[len('rl_student_'):]} student, mean reasoning pass@1: "
-                          f"{a:.3f} vs {b:.3f} ({a - b:+.3f}: "
-                          f"{'distillation wins' if a > b else 'distillation does NOT win'}).")
+            checks.append(claim_line(f"Distilled vs RL-only {p[len('rl_student_'):]} student, reasoning pass@1 "
+                                     f"(distilled - RL-only)", qs.get(q), qs.get(p), "correct", reasoning,
+                                     ("distillation wins", "RL-only wins"), labels=("RL-only", "distilled")))
     if checks:
-        out += ["**The checks of R1's claims, as measured:**", ""] + checks + [""]
+        out += ["**The checks of R1's claims, as measured** (a claim is stated only when the paired 95% interval "
+                "excludes zero):", ""] + checks + [""]
     return out
 
+
+def claim_line(what: str, qa, qb, key: str, sets: list, words=("higher", "lower"), claim: bool = True,
+               labels=None) -> str:
+    """One check of a claim: the paired change of `key` over `sets` from qb to qa with its 95% interval, worded by
+    the interval (words = (up, down) only when it excludes zero; else 'no clear change', with ': not shown' for a
+    directional claim (claim=True); 'not shown' without per-question results for both)."""
+    ch = paired_change(qa, qb, key, sets) if qa and qb else None
+    if ch is None:
+        return f"- {what}: not shown (no per-question results for both models)."
+    up, down = words
+    v = verdict(ch, up, down)
+    if v == "no clear change" and claim:
+        v = "no clear change: not shown"
+    head = f"{labels[0]} {ch['before']:.3f}, {labels[1]} {ch['after']:.3f}" if labels else \
+        f"{ch['before']:.3f} -> {ch['after']:.3f}"
+    return (f"- {what}: {head} ({ch['diff']:+.3f}, 95% CI [{ch['lo']:+.3f}, {ch['hi']:+.3f}], "
+            f"n = {ch['n']}): {v}.")
 
 
 def rl_figures(d: str, sets: list, k: int):
@@ -316,8 +390,12 @@ def rl_figures(d: str, sets: list, k: int):
     for ax, s in zip(fig.subplots(1, len(sets), squeeze=False)[0], sets):
         for key, label in ((f"eval_{s}_pass@1", "pass@1"), (f"eval_{s}_cons@{k}", f"cons@{k}")):
             x, y = series(key, rows)
-            ax.plot(x, y, marker="o", label=label)
-        ax.set(title=f"{s}: held-out accuracy", xlabel="RL step", ylabel="accuracy", ylim=(0, 1))
+            xe, se = series(f"{key}_se", rows)
+            if x and xe == x:     # 95% error bars over the questions (eval.summarize's standard errors)
+                ax.errorbar(x, y, yerr=[1.96 * e for e in se], marker="o", capsize=3, label=f"{label} (95% bars)")
+            else:
+                ax.plot(x, y, marker="o", label=label)
+        ax.set(title=f"{s}: held-out accuracy", xlabel="RL step", ylabel="share of questions right", ylim=(0, 1))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -364,7 +442,7 @@ def main(argv=None):
         if not os.path.isfile(path):
             raise SystemExit(f"error: no {path} (a stage folder evaluated by this version of eval.py)")
         qs.append(read_jsonl(path))
-    sets = sorted({q["set"] for q in qs[1]})
+    sets = sorted({q["set"] for q in qs[1]} - {"general", "safety"})     # the reasoning sets; the general rows after
     lines = change_lines(qs[0], qs[1], sets)
     if not lines:
         raise SystemExit(f"error: {args.before} has questions that {args.after} was not evaluated on")

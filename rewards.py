@@ -671,18 +671,40 @@ def _cold_start_format_ok(text):
     return 0 <= start < end and _visible(summary[start + len(ANSWER_OPEN): end])
 
 
+def _general_format_ok(text):
+    """The layout of an answer to a general (non-reasoning) query. R1's general data comes in two layouts: a CoT
+    and then the summary, and, for trivial queries, the answer alone ("for simpler queries, such as 'hello', we do
+    not provide a CoT", R1 §2.3.3). So: either the cold-start layout (_cold_start_format_ok), or a direct answer:
+    visible text with no separator, no <think>/<answer> tag and no other special token (a reply that runs on into
+    "<|user|>" is not an answer). Which of the two suits a query is the reward model's business, not the format's."""
+    t = _strip_end_tokens(text).strip()
+    if SEP in t:
+        return _cold_start_format_ok(t)
+    if any(tag in t for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)) or _SPECIAL_RE.search(t):
+        return False
+    return _visible(t)
+
+
 def format_reward(prompts, completions, style="r1zero", **columns):
     """R1 §2.2.2 format reward: 1.0 if the completion has the required layout, else 0.0. style: "r1zero"
-    (<think> R </think> <answer> A </answer>, R1 Table 1) | "cold_start" (<|sep|>R<|sep|>summary, R1 §2.3.1)."""
-    check = {"r1zero": _r1zero_format_ok, "cold_start": _cold_start_format_ok}.get(style)
+    (<think> R </think> <answer> A </answer>, R1 Table 1) | "cold_start" (<|sep|>R<|sep|>summary, R1 §2.3.1) |
+    "general" (a general query's answer: the cold-start layout or the bare answer, _general_format_ok)."""
+    check = {"r1zero": _r1zero_format_ok, "cold_start": _cold_start_format_ok,
+             "general": _general_format_ok}.get(style)
     if check is None:
-        raise ValueError(f"format_reward: unknown style {style!r} (r1zero | cold_start)")
+        raise ValueError(f"format_reward: unknown style {style!r} (r1zero | cold_start | general)")
     return [_safe(lambda c: float(check(_text(c))), c) for c in completions]
 
 
 def cold_start_format_reward(prompts, completions, **columns):
     """format_reward with style="cold_start" (a named function, so TRL logs it under its own name)."""
     return format_reward(prompts, completions, style="cold_start")
+
+
+def general_format_reward(prompts, completions, **columns):
+    """format_reward with style="general": the format half of R1's Reward_general = reward model + format
+    (R1 §2.3.4, Nature eq. 10)."""
+    return format_reward(prompts, completions, style="general")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -735,6 +757,22 @@ def language_reward(prompts, completions, lang=None, **columns):
     "en" | "zh" (default "en"). Mixed-language words split: "café" = en "caf" + other "é"."""
     langs = _column(lang, len(completions), "lang", "en")
     return [_safe(language_consistency, c, lg or "en") for c, lg in zip(completions, langs)]
+
+
+def has_cot(text):
+    """True when the response writes a chain of thought: a <think> block or the cold-start <|sep|>R<|sep|> part."""
+    t = _text(text)
+    return THINK_OPEN in t or split_cold_start(t) is not None
+
+
+def general_language_reward(prompts, completions, lang=None, **columns):
+    """The language-consistency reward on general queries (R1 §2.3.4 sums Reward_language over all the data): over
+    the CoT where the response has one (has_cot), as language_reward; 1.0 for a direct answer with no CoT (the
+    layout R1 gives trivial queries, R1 §2.3.3): it has no CoT to mix. The answer itself is not counted: the right
+    answer to "把 cat 写成大写字母" is "CAT", English words in a Chinese conversation."""
+    langs = _column(lang, len(completions), "lang", "en")
+    return [_safe(lambda c, lg: language_consistency(c, lg or "en") if has_cot(c) else 1.0, c, lg)
+            for c, lg in zip(completions, langs)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
