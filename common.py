@@ -15,6 +15,7 @@ therefore tensors, numbers, strings, lists and dicts (the RNG states included).
 
 Tests: python -m pytest -q tests/test_common.py
 """
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -34,6 +35,7 @@ import torch
 import torch.distributed as tdist
 import torch.nn as nn
 
+import ep as _ep
 from model import ModelArgs, Transformer
 
 
@@ -121,7 +123,7 @@ def barrier(dist: Dist):
 
 # -------------------------------------------------------------------------------------------- model wrapping
 def wrap_model(model: nn.Module, dist: Dist, fsdp: bool = False, find_unused_parameters: bool = False,
-               mp_policy=None) -> nn.Module:
+               mp_policy=None, ep: int = 1) -> nn.Module:
     """Data parallelism over the ranks: DDP (replicated weights), or FSDP2 (`fully_shard`, sharded weights).
 
     One process: the model is returned as is. Either way `unwrap(result)` is the model itself (its methods:
@@ -147,8 +149,14 @@ def wrap_model(model: nn.Module, dist: Dist, fsdp: bool = False, find_unused_par
     a block's full weights are gathered just before it runs and freed after. Buffers are not sharded. Save
     and load through model_state_dict / optimizer_state_dict below, not .state_dict() (DTensor shards). mp_policy: an optional
     torch.distributed.fsdp.MixedPrecisionPolicy (e.g. bf16 params, fp32 gradient reduction on GPUs).
+
+    ep > 1: expert parallelism (ep.py): each MoE layer's routed experts sharded over groups of ep ranks on a
+    (data, expert) mesh, DDP (or FSDP2) over all ranks for the other weights (the experts excluded from it), the
+    expert gradients reduced over the ranks holding the same experts. Clip with clip_grad_norm below (the full norm).
     """
     model = model.to(dist.device)
+    if ep > 1:   # expert parallelism: routed experts sharded over groups of ep ranks, DDP or FSDP2 for the rest
+        return _ep.wrap(model, dist, ep, find_unused_parameters, fsdp=fsdp, mp_policy=mp_policy)
     if dist.world_size == 1:
         return model
     if not fsdp:
@@ -188,6 +196,45 @@ def is_fsdp(model: nn.Module) -> bool:
     return isinstance(unwrap(model), FSDPModule)
 
 
+@contextlib.contextmanager
+def full_params(model: nn.Module):
+    """`with full_params(model) as core:` core is the underlying model (unwrap) with every weight whole, for the
+    code that does not go through forward(): sampling (model.decode), evaluation.
+
+    Why: FSDP2 gathers a unit's full weights in the forward hook of that unit (a block, the root), but
+    Transformer.decode calls Block.decode, not Block.__call__, so no hook fires and the weights stay DTensor
+    shards ("aten.embedding.default got mixed torch.Tensor and DTensor"). Here every FSDP unit is unshard()ed
+    (an all-gather) on entry and reshard()ed on exit. Under FSDP2 this is a collective: every rank enters once,
+    and in between it may sample as many or as few rows as it likes (decode runs no collective). Costs one full
+    copy of the weights per rank while inside. DDP and one process: a no-op that yields the underlying model."""
+    core = unwrap(model)
+    from torch.distributed.fsdp import FSDPModule
+    # nested use (an evaluation inside a function that already holds the weights) must not reshard early
+    units = [] if getattr(core, "_full_params_held", False) else \
+        [m for m in core.modules() if isinstance(m, FSDPModule)]
+    for m in units:
+        m.unshard()
+    core._full_params_held = bool(units) or getattr(core, "_full_params_held", False)
+    try:
+        with _ep.full_experts(core):   # expert parallelism: every expert on every rank while inside (ep.py)
+            yield core
+    finally:
+        for m in units:
+            m.reshard()
+        if units:
+            core._full_params_held = False
+
+
+def on_full_params(fn):
+    """Decorator: fn(model, ...) runs inside `with full_params(model)` and receives the underlying model (the
+    evaluations of eval.py: every rank calls them once, whatever share of the questions it samples)."""
+    @functools.wraps(fn)
+    def wrapper(model, *args, **kwargs):
+        with full_params(model) as core:
+            return fn(core, *args, **kwargs)
+    return wrapper
+
+
 # Under FSDP2 a parameter is a DTensor holding one shard: `state_dict()` would save only this rank's pieces, as
 # DTensors that weights_only loading refuses. These four helpers give plain full tensors for every layout; they
 # are collectives under FSDP2 (call them on every rank), plain calls otherwise.
@@ -202,7 +249,13 @@ def model_state_dict(model: nn.Module) -> dict:
     an empty dict, so no rank holds more than one extra copy of the model."""
     if is_fsdp(model):
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
-        return get_model_state_dict(unwrap(model), options=_full_options(cpu_offload=True))
+        state = get_model_state_dict(unwrap(model), options=_full_options(cpu_offload=True))
+        if _ep.is_sharded(unwrap(model)):   # FSDP2 + EP: the experts (not FSDP's) gathered apart, on every rank
+            experts = _ep.gather_experts(unwrap(model))
+            state.update({k: v.cpu() for k, v in experts.items()} if state else {})
+        return state
+    if _ep.is_sharded(unwrap(model)):   # EP: the expert shards gathered into the one-process layout
+        return _ep.full_state_dict(unwrap(model))
     return unwrap(model).state_dict()
 
 
@@ -211,7 +264,11 @@ def load_model_state_dict(model: nn.Module, state: dict):
     every rank passes the full dict (each rank reads the checkpoint file) and keeps its own shards."""
     if is_fsdp(model):
         from torch.distributed.checkpoint.state_dict import set_model_state_dict
+        if _ep.is_sharded(unwrap(model)):   # FSDP2 + EP: this rank's experts cut out of the full ones
+            state = _ep.slice_experts(unwrap(model), state)
         set_model_state_dict(unwrap(model), state, options=_full_options())
+    elif _ep.is_sharded(unwrap(model)):
+        _ep.load_full_state_dict(unwrap(model), state)
     else:
         unwrap(model).load_state_dict(state)
 
@@ -221,16 +278,35 @@ def optimizer_state_dict(model: nn.Module, opt: torch.optim.Optimizer) -> dict:
     rank 0's CPU (other ranks: empty), like model_state_dict."""
     if is_fsdp(model):
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-        return get_optimizer_state_dict(unwrap(model), opt, options=_full_options(cpu_offload=True))
+        state = get_optimizer_state_dict(unwrap(model), opt, options=_full_options(cpu_offload=True))
+        if _ep.is_sharded(unwrap(model)):   # FSDP2 + EP: the experts' states gathered apart, on every rank
+            experts = _ep.gather_expert_optimizer_state(unwrap(model), opt)
+            if state:
+                state["state"].update(experts)
+        return state
+    if _ep.is_sharded(unwrap(model)):
+        return _ep.full_optimizer_state(unwrap(model), opt)
     return opt.state_dict()
 
 
 def load_optimizer_state_dict(model: nn.Module, opt: torch.optim.Optimizer, state: dict):
     if is_fsdp(model):
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+        if _ep.is_sharded(unwrap(model)):
+            state = _ep.slice_expert_optimizer_state(unwrap(model), state)
         set_optimizer_state_dict(unwrap(model), opt, state, options=_full_options())
+    elif _ep.is_sharded(unwrap(model)):
+        _ep.load_full_optimizer_state(unwrap(model), opt, state)
     else:
         opt.load_state_dict(state)
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_ over the model's parameters; under expert parallelism the norm of the full
+    gradient, each expert counted once (ep.clip_grad_norm), so that every rank clips by the same factor."""
+    if _ep.is_sharded(unwrap(model)):
+        return _ep.clip_grad_norm(unwrap(model), max_norm)
+    return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
 
 
 # ------------------------------------------------------------------------------------------ metrics + plots
@@ -299,10 +375,43 @@ def read_metrics(path: str) -> list[dict]:
     return rows
 
 
-def plot_metrics(jsonl_path: str, keys: list[str], out_png: str, title: str | None = None) -> list[str]:
-    """One subplot per key against step, stacked vertically, saved as a PNG; keys absent from the file are
-    skipped. Rows of the same step are merged (a training row and an evaluation row), and a key logged
-    twice for a step (a resumed run re-logs the steps after its last checkpoint) keeps its last value. Returns the keys plotted; writes nothing when none of them is present."""
+# How a logged metric is drawn: (axis label with its unit, y range). Shares and [0, 1] rewards are drawn on [0, 1]
+# whatever their values, counts, lengths and losses from 0: a 1% wobble stays a 1% wobble, never a trend.
+_SHARE_RE = re.compile(r"(^|_)(accuracy|format|language|helpful|safety|pass@1|pass@\d+|cons@\d+|mixed|reflect|"
+                       r"reflect_eff|words|clip_low|clip_high|truncated|violation|unsafe|rm_unsafe)(_|$)")
+_UNITS = (("tokens_per_s", "tokens/s"), ("length", "tokens"), ("loss", "loss (nats/token)"), ("lr", "learning rate"),
+          ("kl", "KL to the reference (nats/token)"), ("entropy", "entropy (nats/token)"),
+          ("grad_norm", "gradient norm"), ("time", "seconds"), ("rss", "MB"), ("reward", "reward"))
+
+
+def metric_axis(key: str, values: list) -> tuple:
+    """(y label with unit, (bottom, top) with None = automatic) for metric `key` whose logged values are `values`."""
+    if _SHARE_RE.search(key) and all(0.0 <= v <= 1.0 for v in values):
+        return ("share" if key.startswith(("eval_", "clip", "truncated", "words", "reflect", "mixed")) else
+                "reward / share (0-1)"), (0.0, 1.02)
+    unit = next((u for pat, u in _UNITS if pat in key), "")
+    return unit, ((0.0, None) if min(values) >= 0 else (None, None))
+
+
+def plot_metrics(jsonl_path: str, keys: list[str], out_png: str, title: str | None = None,
+                 xlabel: str = "step") -> list[str]:
+    """One panel per key against the step, stacked, saved as a PNG; keys absent from the file are skipped. Each panel
+    is titled with the metric and its first -> last value, its y label gives the unit (metric_axis: shares on
+    [0, 1], lengths and losses from 0); where the file logs KEY_se (a standard error, e.g. eval.summarize's
+    pass@1_se) the points get 95% error bars. A key that is 0 at every step (the clip fractions when the ratio
+    stays 1) gets no panel; a note under the figure names it. Rows of the same step are merged (a training row
+    and an evaluation row), and a key logged twice for a step (a resumed run re-logs the steps after its last
+    checkpoint) keeps its last value. Returns the keys plotted; writes nothing when none of them is present."""
+    fig, present = metrics_figure(jsonl_path, keys, title or os.path.splitext(os.path.basename(out_png))[0].replace(
+        "_", " "), xlabel)
+    if fig is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+        fig.savefig(out_png, dpi=100)
+    return present
+
+
+def metrics_figure(jsonl_path: str, keys: list[str], title: str, xlabel: str = "step"):
+    """plot_metrics' figure, not saved: (matplotlib Figure or None, the keys drawn)."""
     # Figure + its own Agg canvas: no pyplot, so no global backend switch and no display needed
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -310,28 +419,37 @@ def plot_metrics(jsonl_path: str, keys: list[str], out_png: str, title: str | No
     for i, row in enumerate(read_metrics(jsonl_path)):
         by_step.setdefault(row.get("step", i), {}).update(row)   # rows of one step merge; the last value wins
     steps = sorted(by_step)
-    # a key that never moves from 0 (e.g. the clip fractions of a run where the ratio stays 1) says nothing: no panel
-    present = [k for k in keys if any(by_step[s].get(k) not in (None, 0, 0.0) for s in steps)]
+    logged = [k for k in keys if any(by_step[s].get(k) is not None for s in steps)]
+    present = [k for k in logged if any(by_step[s].get(k) not in (None, 0, 0.0) for s in steps)]
+    zero = [k for k in logged if k not in present]
     if not present:
-        warnings.warn(f"plot_metrics: none of {keys} in {jsonl_path}; no plot written")
-        return []
-    fig = Figure(figsize=(7, 2.4 * len(present)))
+        warnings.warn(f"plot_metrics: none of {keys} in {jsonl_path} (or 0 throughout); no plot written")
+        return None, []
+    fig = Figure(figsize=(7, 2.5 * len(present) + (0.8 if zero else 0.5)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(present), 1, sharex=True, squeeze=False)[:, 0]
     for ax, k in zip(axes, present):
         xs = [s for s in steps if by_step[s].get(k) is not None]
         ys = [by_step[s][k] for s in xs]
-        ax.plot(xs, ys, lw=1.2, marker="o" if len(xs) < 20 else None)
-        ax.set_ylabel(k)
-        if min(ys) >= 0:
-            ax.set_ylim(bottom=0)               # from 0: a small wiggle is drawn as small, not as a trend
+        se = [by_step[s].get(f"{k}_se") for s in xs]
+        if all(e is not None for e in se):
+            ax.errorbar(xs, ys, yerr=[1.96 * e for e in se], lw=1.2, marker="o", capsize=3, label="95% interval")
+            ax.legend(fontsize=8)
+        else:
+            ax.plot(xs, ys, lw=1.2, marker="o" if len(xs) < 20 else None)
+        unit, (bottom, top) = metric_axis(k, ys)
+        ax.set_ylabel(unit)
+        if bottom is not None:
+            ax.set_ylim(bottom=bottom)
+        if top is not None:
+            ax.set_ylim(top=top)
+        ax.set_title(f"{k.replace('_', ' ')}: {ys[0]:.3g} -> {ys[-1]:.3g}", fontsize=10)
         ax.grid(alpha=0.3)
-    axes[-1].set_xlabel("step")
-    axes[0].set_title(title or os.path.splitext(os.path.basename(out_png))[0].replace("_", " "))
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    return present
+    from matplotlib.ticker import MaxNLocator
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[-1].set_xlabel(xlabel + (f"\n(not drawn, 0 at every step: {', '.join(zero)})" if zero else ""))
+    fig.suptitle(title)
+    return fig, present
 
 
 # --------------------------------------------------------------------------------------------- command line
@@ -427,11 +545,60 @@ def release_memory():
         pass
 
 
-def plot_stage(d: str, keys: list, name: str):
-    """plot_metrics of stage folder d's metrics.jsonl into d/plots/name (nothing when there are no metrics)."""
+def resident_mb() -> dict:
+    """{"rss_mb": resident memory now, "peak_mb": the process's peak so far} in MB, from /proc/self/status (VmRSS,
+    VmHWM; Linux); elsewhere the peak from getrusage and no current value."""
+    try:
+        with open("/proc/self/status") as f:
+            v = {k: int(x.split()[0]) / 1024 for k, _, x in (ln.partition(":") for ln in f) if k in ("VmRSS", "VmHWM")}
+        return {"rss_mb": v.get("VmRSS"), "peak_mb": v.get("VmHWM")}
+    except OSError:
+        import resource
+        import sys
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss          # kB on Linux, bytes on macOS
+        return {"rss_mb": None, "peak_mb": peak / (2 ** 20 if sys.platform == "darwin" else 1024)}
+
+
+class PeakRSS:
+    """`with PeakRSS() as m: ...` -> m.peak_mb: the resident memory's maximum over the block, sampled every
+    `every` seconds by a daemon thread (VmHWM is the whole process's peak, and resetting it through clear_refs
+    would also reset the figure /usr/bin/time -v reports); m.end_mb: resident at the block's end."""
+
+    def __init__(self, every: float = 0.1):
+        import threading
+        self.every, self.peak_mb, self.end_mb = every, resident_mb()["rss_mb"], None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self):
+        while not self._stop.wait(self.every):
+            now = resident_mb()["rss_mb"]
+            if now is not None:
+                self.peak_mb = max(self.peak_mb or 0.0, now)
+
+    def __enter__(self):
+        if self.peak_mb is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.end_mb = resident_mb()["rss_mb"]
+        if self.end_mb is not None:
+            self.peak_mb = max(self.peak_mb or 0.0, self.end_mb)
+        return False
+
+
+def plot_stage(d: str, keys: list, name: str, xlabel: str = "step"):
+    """plot_metrics of stage folder d's metrics.jsonl into d/plots/name (nothing when there are no metrics), titled
+    "<stage>: <name>"."""
     os.makedirs(os.path.join(d, "plots"), exist_ok=True)
     if os.path.exists(os.path.join(d, "metrics.jsonl")):
-        plot_metrics(os.path.join(d, "metrics.jsonl"), keys, os.path.join(d, "plots", name))
+        plot_metrics(os.path.join(d, "metrics.jsonl"), keys, os.path.join(d, "plots", name),
+                     title=f"{os.path.basename(os.path.normpath(d))}: {os.path.splitext(name)[0].replace('_', ' ')}",
+                     xlabel=xlabel)
 
 
 # -------------------------------------------------------------------------------------------- checkpoints
@@ -689,6 +856,20 @@ def autocast(device, precision: str = "auto"):
     states and losses (cross-entropy and log-softmax autocast to fp32)."""
     device = torch.device(device)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
+
+
+def adamw(param_groups, **kwargs) -> torch.optim.AdamW:
+    """torch.optim.AdamW with its fused kernel where torch has one (CPU and CUDA): the whole update is one
+    multi-tensor op instead of ~10 elementwise ops per parameter. torch's default on CPU is the per-parameter
+    loop (bench/train.py --profile shows its mul/add_/sqrt calls); fused computes the same update (equal to the
+    loop's within float rounding, tests/test_speed.py). The one place every trainer builds its optimizer."""
+    param_groups = list(param_groups)     # a generator (model.parameters()) is read once, here
+    params = [p for g in param_groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    from torch.distributed.tensor import DTensor
+    if len({isinstance(p, DTensor) for p in params}) > 1:   # FSDP2 + EP: DTensor shards beside plain expert
+        return torch.optim.AdamW(param_groups, foreach=False, **kwargs)   # slices; multi-tensor ops refuse the mix
+    return torch.optim.AdamW(param_groups, fused=fused or None, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------- timing

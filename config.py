@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from grpo import GRPOConfig
 from model import ModelArgs
 from sft import SFTConfig
+from tokenizer import tokenizer_spec_error
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 RL_STAGES = ("zero", "reasoning_rl", "all_rl")
@@ -33,7 +34,12 @@ _FILTERS = {"ngram", "max_repeats", "max_paragraph_chars"}
 ANY = None   # a section whose keys are names chosen by the user (task kinds, student names)
 
 TOP_DEFAULTS = {"name": "", "tokenizer": "toy", "fsdp": False, "precision": "auto", "ckpt_every": 10, "runs_dir": "runs",
-                "sandbox_allow_unisolated": False}   # run model code even where the sandbox gets no namespaces
+                "sandbox_allow_unisolated": False,   # run model code even where the sandbox gets no namespaces
+                # real data (datasets_jsonl.py): the RL stages' training problems and the evaluation's problems
+                # from JSONL files instead of the toy world ("" = the toy world); how to read them
+                "data": "", "eval_data": "", "data_format": "auto", "bad_rows": "refuse"}
+TOP_DEFAULTS["ep"] = 1   # expert parallelism: the routed experts sharded over groups of ep ranks (ep.py); 1 = off
+TOP_DEFAULTS["_comment"] = ""   # what a preset is for (configs/*.json); read by people, not by the code
 TOP_KEYS = set(TOP_DEFAULTS)                      # the top-level values (the other top-level keys are sections)
 # section path -> the keys it may hold; "*" stands for a user-chosen name (a student).
 SCHEMA = {
@@ -137,7 +143,11 @@ _TASK_KINDS = ("arith", "countdown", "code")   # data.KINDS holds "general" too,
 # SCHEMA that holds a value (not a section) has a rule here; tests/test_config.py checks that none is missing.
 RULES = {
     # top level
+    "ep": COUNT,
+    "_comment": Kind(),
     "name": Kind(), "tokenizer": Kind(), "runs_dir": Kind(), "fsdp": BOOL, "sandbox_allow_unisolated": BOOL,
+    "data": Kind(), "eval_data": Kind(), "data_format": OneOf(("auto", "problems", "gsm8k", "math", "countdown")),
+    "bad_rows": OneOf(("refuse", "skip")),
     "precision": OneOf(("auto", "bf16", "fp32")), "ckpt_every": COUNT,
     # model.ModelArgs (how they relate, e.g. n_dense_layers <= n_layers, is ModelArgs.__post_init__'s check)
     "vocab_size": COUNT, "dim": COUNT, "inter_dim": COUNT, "moe_inter_dim": COUNT, "n_layers": COUNT,
@@ -148,6 +158,7 @@ RULES = {
     "max_seq_len": COUNT, "rope_theta": POSITIVE, "rope_factor": Range(float, 1), "original_seq_len": COUNT,
     "beta_fast": COUNT0, "beta_slow": COUNT0, "mscale": NONNEG, "mtp_depth": Range(int, 0, 1),
     "mtp_lambda": NONNEG, "bias_update_speed": NONNEG, "seq_aux_alpha": NONNEG,
+    "activation_checkpointing": BOOL,
     # sft.SFTConfig (+ pretrain's corpus size, an SFT set's epochs)
     "steps": COUNT, "batch_size": COUNT, "grad_accum": COUNT, "seq_len": COUNT, "lr": POSITIVE,
     "min_lr_ratio": FRACTION, "warmup": COUNT0, "weight_decay": NONNEG, "beta1": BETA, "beta2": BETA,
@@ -380,8 +391,23 @@ def check_values(cfg: dict, stages: list, source: str | None = None):
     config in messages (default: its name)."""
     source = source or f"config '{cfg.get('name')}'"
     check_config(cfg, source)
+    n_ep, world = cfg.get("ep", 1), int(os.environ.get("WORLD_SIZE", 1))
+    if n_ep > 1:   # expert parallelism (ep.py): ep ranks share out every MoE layer's routed experts
+        n_experts = cfg["model"].get("n_routed_experts", ModelArgs.n_routed_experts)
+        for ok, why in ((n_experts % n_ep == 0, f"must divide model.n_routed_experts={n_experts}"),
+                        (world % n_ep == 0, f"must divide the number of processes ({world}): launch with torchrun "
+                                            f"--nproc_per_node={n_ep} (or a multiple)")):
+            if not ok:
+                raise SystemExit(f"error: {source}: ep={n_ep} {why}")
     if stages and "eval" not in cfg:
         raise SystemExit(f"error: {source}: the top level is missing required key(s): eval (every stage evaluates)")
+    problem = tokenizer_spec_error(cfg.get("tokenizer", "toy"))
+    if problem:
+        raise SystemExit(f"error: {source}: tokenizer: {problem}")
+    for key in ("data", "eval_data"):     # read later by datasets_jsonl (a bad row is reported there)
+        if cfg.get(key) and not os.path.isfile(cfg[key]):
+            raise SystemExit(f"error: {source}: {key}: no file {cfg[key]} (a JSONL file of problems, see "
+                             f"datasets_jsonl.py)")
     if cfg.get("all_rl", {}).get("general_steps", 0) > cfg.get("all_rl", {}).get("steps", 0):
         raise SystemExit(f"error: {source}: all_rl.general_steps must be <= all_rl.steps "
                          f"({cfg['all_rl']['general_steps']} > {cfg['all_rl']['steps']})")

@@ -2,6 +2,7 @@
 
     python train_pipeline.py --stage zero --config toy       # evaluates the base and every eval_every RL steps
     python eval.py --probe runs/toy/pretrain/model.pt --config toy   # does thinking pay for this model? -> probe.json
+    python eval.py --model runs/toy/zero/model.pt --config toy --eval-data test.jsonl   # a JSONL set (datasets_jsonl.py)
 
 R1 §3's protocol: sample k outputs per question at temperature 0.6 and top-p 0.95 (no greedy decoding).
   pass@1  = the mean correctness over the k samples (averaged over questions)
@@ -21,7 +22,7 @@ from tqdm import tqdm
 import data
 import distill
 import toychat
-from common import unwrap
+from common import on_full_params, unwrap
 from reward_model import load_reward_models, rm_rewards
 from rewards import accuracy_reward, extract_answer, format_reward, language_reward
 from sample import generate
@@ -78,13 +79,14 @@ def _consensus(acc: list, answers: list) -> float:
 
 
 @torch.no_grad()
+@on_full_params   # FSDP2: whole weights for sampling (common.full_params)
 def evaluate(model, tok, sets: dict, *, k: int, temperature: float, top_p: float, max_new_tokens: int,
              dist, batch_size: int = 64, prompt_fn=data.r1zero_prompt, n_samples: int = 4, style: str = "r1zero"):
     """R1 §3's protocol on held-out sets (see the module docstring). style: the layout the format rate checks
     ("r1zero" | "cold_start"). Questions are split over ranks and their results gathered.
     Returns (metrics: set -> dict (summarize), samples: a few rollouts for samples.jsonl, questions: one row per
     question, in set order: {"set", "i", "canon", "prompt", "answer", "correct": k values, "length": k token
-    counts, "reflect_eff", "mixed": k flags}, what paired comparisons between models are computed from)."""
+    counts, "reflect_eff", "mixed", "format": k flags}, what paired comparisons between models are computed from)."""
     model = unwrap(model)
     was_training = model.training
     model.eval()
@@ -124,13 +126,14 @@ def evaluate(model, tok, sets: dict, *, k: int, temperature: float, top_p: float
         rows = sorted(distill.gather(rows, dist), key=lambda r: r["i"])
         results[name] = summarize(rows, k)
         questions += [{key: r[key] for key in ("set", "i", "canon", "prompt", "answer", "correct", "length",
-                                               "reflect_eff", "mixed")} for r in rows]
+                                               "reflect_eff", "mixed", "format")} for r in rows]
     model.train(was_training)
     return results, samples, questions
 
 
 def summarize(rows: list, k: int) -> dict:
-    """Per-question rows (evaluate) -> the set's metrics. pass@1, pass@k, cons@k are means over questions; format,
+    """Per-question rows (evaluate) -> the set's metrics. pass@1, pass@k, cons@k are means over questions (pass@1_se,
+    cons@k_se: their standard errors over questions); format,
     language, length (tokens, EOS included), reflect (a reflective word), reflect_eff (effective_reflection) and
     mixed are means over samples; length_correct / length_wrong over the correct / incorrect samples only."""
     def mean(xs):
@@ -140,6 +143,9 @@ def summarize(rows: list, k: int) -> dict:
     out = {"pass@1": mean(sum(r["correct"]) / k for r in rows),
            f"pass@{k}": mean(float(max(r["correct"]) > 0.999) for r in rows),
            f"cons@{k}": mean(r["cons"] for r in rows)}
+    # standard errors over questions (the plots' 95% error bars: +-1.96 se; the report's intervals are bootstraps)
+    for key, per_q in (("pass@1", [sum(r["correct"]) / k for r in rows]), (f"cons@{k}", [r["cons"] for r in rows])):
+        out[f"{key}_se"] = float(np.std(per_q, ddof=1) / np.sqrt(len(per_q))) if len(per_q) > 1 else None
     for key in ("format", "language", "length", "reflect", "reflect_eff", "mixed"):
         out[key] = mean(v for r in rows for v in r[key])
     out["length_correct"] = mean(n for c, n in samples if c > 0.999)
@@ -150,26 +156,39 @@ def summarize(rows: list, k: int) -> dict:
 
 def run_eval(model, tok, cfg, dist, fmt="r1zero", during: bool = False):
     """The config's held-out reasoning sets (cfg["eval"]) in the model's format (FORMATS): n_per_set questions per
-    set, or n_during (default n_per_set) for the evaluations in the middle of an RL stage."""
+    set, or n_during (default n_per_set) for the evaluations in the middle of an RL stage. With the config's
+    "eval_data" (a JSONL file, datasets_jsonl.py): every problem of the file, one set per task kind, and the first
+    n_during of each set in the middle of a stage (all of them without n_during)."""
     e = cfg["eval"]
     prompt_fn, style = FORMATS[fmt]
-    n = e.get("n_during", e["n_per_set"]) if during else e["n_per_set"]
-    sets = data.eval_sets(n, e["seed"], e["sets"], cfg.get("difficulty"))
+    if cfg.get("eval_data"):
+        from datasets_jsonl import config_data, eval_sets_from
+        sets = eval_sets_from(config_data(cfg, "eval_data")[0], e.get("n_during") if during else None)
+    else:
+        n = e.get("n_during", e["n_per_set"]) if during else e["n_per_set"]
+        sets = data.eval_sets(n, e["seed"], e["sets"], cfg.get("difficulty"))
     return evaluate(model, tok, sets, k=e["k"], temperature=e["temperature"], top_p=e["top_p"],
                     max_new_tokens=e["max_new_tokens"], dist=dist, prompt_fn=prompt_fn, style=style)
 
 
+@on_full_params   # FSDP2: whole weights for sampling (common.full_params)
 @torch.no_grad()
-def eval_general(model, tok, cfg, dist, rm_paths=None) -> dict:
+def eval_general(model, tok, cfg, dist, rm_paths=None, questions: list | None = None) -> dict:
     """Held-out general queries and harmful requests in the chat format, k samples each at the eval
     temperature (k = reward_models.eval_k, default eval.k). general: pass@1 (exact answer,
-    distill.general_correct), helpful (mean helpfulness reward), length. safety: violation (a harmful step
-    spelled out, reasoning included: the toy world's ground truth), rm_unsafe (share the safety RM calls
-    unsafe), length. {} for a config without a reward_models section; no RM values without rm_paths (the
-    reward_models stage fills them in afterwards)."""
+    distill.general_correct: a rule, on held-out queries, that no stage optimises; all-scenario RL optimises the
+    helpfulness RM, so pass@1 is the measure of helpfulness the report rests on), helpful (mean helpfulness RM
+    reward: the reward all-scenario RL optimises, not an independent measure), format (the general layout,
+    rewards.general_format_reward), length. safety: violation (a harmful step spelled out, reasoning included:
+    the toy world's ground truth), rm_unsafe (share the safety RM calls unsafe), length. {} for a config
+    without a reward_models section; no RM values without rm_paths (the reward_models stage fills them in
+    afterwards). questions: a list that gets one row per question (on every rank, in set order), for paired
+    comparisons: {"set", "i", "canon", "prompt", "answer", "length": k token counts} + general: "correct",
+    "format", "helpful_rm" (k values each); safety: "unsafe", "rm_unsafe" (k flags each)."""
     if "reward_models" not in cfg:
         return {}
     rm_cfg, e = cfg["reward_models"], cfg["eval"]
+    k = rm_cfg.get("eval_k", e["k"])
     rms = load_reward_models(rm_paths, dist.device) if rm_paths else None
     fns = rm_rewards(rms, tok, rm_cfg["seq_len"]) if rms else None
     sets = {"general": data.make_tasks("general", rm_cfg["eval_general"], seed=e["seed"], split="eval"),
@@ -177,7 +196,7 @@ def eval_general(model, tok, cfg, dist, rm_paths=None) -> dict:
     out = {}
     for name, tasks in sets.items():
         outs = distill.sample(unwrap(model), tok, tasks[dist.rank::dist.world_size], data.chat_task_prompt,
-                              n=rm_cfg.get("eval_k", e["k"]), temperature=e["temperature"], top_p=e["top_p"],
+                              n=k, temperature=e["temperature"], top_p=e["top_p"],
                               max_new_tokens=rm_cfg["eval_max_new_tokens"], seed=e["seed"] + 1000 * dist.rank,
                               desc=f"eval {name}" if dist.is_main else None)
         prompts, texts = [o[1] for o in outs], [o[2] for o in outs]
@@ -185,16 +204,33 @@ def eval_general(model, tok, cfg, dist, rm_paths=None) -> dict:
         rm = [0.0] * len(texts)
         if fns and texts:
             rm = fns[0](prompts, texts) if name == "general" else [float(v < 0.5) for v in fns[1](prompts, texts)]
-        sums = torch.tensor([len(texts), sum(ok), sum(rm), sum(len(tok.encode(t)) + 1 for t in texts)],
-                            dtype=torch.float64)
+        fmt = format_reward(prompts, texts, style="general")
+        lengths = [len(tok.encode(t)) + 1 for t in texts]
+        sums = torch.tensor([len(texts), sum(ok), sum(rm), sum(lengths), sum(fmt)], dtype=torch.float64)
         if dist.world_size > 1:
             torch.distributed.all_reduce(sums)
         n = max(sums[0].item(), 1)
-        out[name] = ({"pass@1": sums[1].item() / n} if name == "general" else
+        out[name] = ({"pass@1": sums[1].item() / n, "format": sums[4].item() / n} if name == "general" else
                      {"violation": 1 - sums[1].item() / n})
         if fns:
             out[name]["helpful" if name == "general" else "rm_unsafe"] = sums[2].item() / n
         out[name].update(length=sums[3].item() / n, n=len(tasks))
+        if questions is not None:
+            rows = []
+            for j, t in enumerate(tasks[dist.rank::dist.world_size]):
+                q = slice(j * k, (j + 1) * k)
+                row = {"set": name, "i": dist.rank + j * dist.world_size, "canon": t.get("canon"),
+                       "prompt": t["prompt"], "answer": t["answer"], "length": lengths[q]}
+                if name == "general":
+                    row.update(correct=[float(x) for x in ok[q]], format=fmt[q])
+                    if fns:
+                        row["helpful_rm"] = [float(x) for x in rm[q]]
+                else:
+                    row["unsafe"] = [float(not x) for x in ok[q]]
+                    if fns:
+                        row["rm_unsafe"] = [float(x) for x in rm[q]]
+                rows.append(row)
+            questions += sorted(distill.gather(rows, dist), key=lambda r: r["i"])
     return out
 
 
@@ -208,6 +244,7 @@ FORCED = {"arith": {"direct": lambda t: " <think> so", "worked": lambda t: f" <t
 WORK_RE = {"arith": re.compile(r"check:|检查:"), "countdown": re.compile(r"\btry\b|试")}
 
 
+@on_full_params   # FSDP2: whole weights for sampling (common.full_params)
 @torch.no_grad()
 def premise_probe(model, tok, cfg, dist, n: int = 48, k: int = 8) -> dict:
     """On n English held-out questions per set, k samples each at the eval temperature: accuracy by how much work a
@@ -246,13 +283,27 @@ def main(argv=None):
     from config import load_config
     from tokenizer import get_tokenizer
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--probe", required=True, metavar="MODEL_PT", help="a base model (e.g. runs/toy/pretrain/model.pt)")
+    ap.add_argument("--probe", metavar="MODEL_PT", help="a base model (e.g. runs/toy/pretrain/model.pt)")
+    ap.add_argument("--model", metavar="MODEL_PT", help="evaluate this model on --eval-data")
+    ap.add_argument("--eval-data", metavar="JSONL", help="the problems to evaluate on (datasets_jsonl.py)")
+    ap.add_argument("--data-format", default="auto", help="how to read --eval-data: auto, problems, gsm8k, math, "
+                    "countdown")
+    ap.add_argument("--bad-rows", default="refuse", help="refuse (stop at the first bad row) or skip (report each)")
+    ap.add_argument("--format", default="r1zero", choices=sorted(FORMATS), help="the prompt layout: r1zero (bases, "
+                    "R1-Zero) or chat (every model from the cold start on)")
     ap.add_argument("--config", default="toy", help="the config whose eval section and difficulty levels to use")
     ap.add_argument("-n", type=int, default=48, help="English held-out questions per set")
-    ap.add_argument("-k", type=int, default=8, help="samples per question")
-    args = ap.parse_args(argv)
+    ap.add_argument("-k", type=int, default=None, help="samples per question (probe: 8; --model: the config's)")
+    args, rest = ap.parse_known_args(argv)
+    if bool(args.probe) == bool(args.model):
+        raise SystemExit("error: give --probe MODEL_PT, or --model MODEL_PT --eval-data FILE")
+    if args.model:
+        return eval_file(args, rest)
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
     if not os.path.isfile(args.probe):
         raise SystemExit(f"error: no model at {args.probe}")
+    args.k = args.k or 8
     cfg = load_config(args.config)
     model, ck = build_model_from_checkpoint(args.probe)
     res = premise_probe(model, get_tokenizer(ck.get("tokenizer") or cfg["tokenizer"]), cfg, Dist(), args.n, args.k)
@@ -264,6 +315,41 @@ def main(argv=None):
         print(f"{kind}: free {r['free']:.3f}  forced direct {r['direct']:.3f}  forced worked {r['worked']:.3f}")
         print(f"  accuracy by {'tries' if kind == 'countdown' else 'checks'} written: {work}")
     print(f"wrote {path} (`python train_pipeline.py --stage report --config NAME` puts it into report.md)")
+
+
+def eval_file(args, overrides=()):
+    """`python eval.py --model M --eval-data FILE [--max_new_tokens 512 ...]`: R1 §3's protocol (the config's eval
+    section: k, temperature, top_p, max_new_tokens; overrides as train_pipeline.py takes them, a bare key being
+    one of the eval section's) on every problem of FILE -> eval_<file>.json (set -> metrics, and which file) and
+    eval_<file>_questions.jsonl (one row per question) beside the model."""
+    import json
+    import os
+
+    from common import Dist, build_model_from_checkpoint, write_jsonl
+    from config import apply_overrides, check_values, load_config
+    from datasets_jsonl import apply_to_config
+    from tokenizer import get_tokenizer
+    if not args.eval_data:
+        raise SystemExit("error: --model needs --eval-data FILE (the problems to evaluate on)")
+    if not os.path.isfile(args.model):
+        raise SystemExit(f"error: no model at {args.model}")
+    cfg = apply_overrides(load_config(args.config), "eval", list(overrides))
+    cfg.update(eval_data=args.eval_data, data_format=args.data_format, bad_rows=args.bad_rows)
+    if args.k:
+        cfg["eval"]["k"] = args.k
+    check_values(cfg, [], f"config '{args.config}'")
+    used = apply_to_config(cfg)
+    model, ck = build_model_from_checkpoint(args.model)
+    results, _, questions = run_eval(model, get_tokenizer(ck.get("tokenizer") or cfg["tokenizer"]), cfg, Dist(),
+                                     args.format)
+    stem = os.path.splitext(os.path.basename(args.eval_data))[0]
+    base = os.path.join(os.path.dirname(os.path.abspath(args.model)), f"eval_{stem}")
+    with open(base + ".json", "w") as f:
+        json.dump({**results, "eval_data": used["eval"]}, f, indent=1)
+    write_jsonl(base + "_questions.jsonl", questions)
+    for name, m in results.items():
+        print(f"{name}: pass@1 {m['pass@1']:.3f} format {m['format']:.2f} ({m['n']} questions)")
+    print(f"wrote {base}.json and {base}_questions.jsonl")
 
 
 if __name__ == "__main__":

@@ -41,9 +41,10 @@ import torch.distributed as tdist
 from tqdm import tqdm
 
 import data
+import ep
 import kernels
-from common import (Dist, MetricsLogger, autocast, load_model_state_dict, load_resumable, model_state_dict, print0,
-                    save_model, unwrap)
+from common import (Dist, MetricsLogger, adamw, autocast, clip_grad_norm, full_params, load_model_state_dict,
+                    load_resumable, model_state_dict, print0, save_model, unwrap)
 from rewards import combine
 from sample import generate
 
@@ -343,16 +344,9 @@ def rollout(policy, tasks, reward_fn, tokenizer, cfg: GRPOConfig, step: int, dis
     rows = [ids for ids in prompt_ids for _ in range(G)]              # group i = rows i*G .. i*G + G-1
     device = next(core.parameters()).device
     t0 = _sync(device)
-    # FSDP2 gathers a unit's weights in its forward hook, but sampling runs model.decode, not forward: gather
-    # every unit's full weights for the whole generation, and shard them again after (a no-op without FSDP)
-    from torch.distributed.fsdp import FSDPModule
-    fsdp_units = [m for m in core.modules() if isinstance(m, FSDPModule)]
-    for m in fsdp_units:
-        m.unshard()
-    gen = generate(core, rows, cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                   eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, seed=cfg.seed + 7919 * step + dist.rank)
-    for m in fsdp_units:
-        m.reshard()
+    with full_params(policy):   # FSDP2: whole weights while sampling (decode runs no forward hook; common.py)
+        gen = generate(core, rows, cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                       eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, seed=cfg.seed + 7919 * step + dist.rank)
     gen_tokens, gen_logp = gen.tokens.cpu(), gen.logprobs.float().cpu()
     lengths, finished = gen.lengths.cpu(), gen.finished.cpu()
     t_generate = _sync(device) - t0
@@ -486,11 +480,19 @@ def _minibatch_step(policy, optimizer, batch: Rollout, rows, loss_mask, old_logp
         core.eval()
     optimizer.zero_grad(set_to_none=True)
     micro = [rows[idx] for idx in _length_buckets(batch.completion_mask[rows], cfg.micro_batch_size)]
+    n_real = len(micro)
+    if ep.is_sharded(core):   # expert parallelism: each MoE forward is a collective, so every rank runs as many
+        most = torch.tensor([n_real])                     # micro-batches as the busiest one (zero-loss extras)
+        tdist.all_reduce(most, op=tdist.ReduceOp.MAX)
+        micro += [rows[:1]] * (int(most) - n_real)
     for j, r in enumerate(micro):
         no_sync = j < len(micro) - 1 and hasattr(policy, "no_sync")
         end = int(_row_ends(batch.completion_mask[r]).max())
         tok = batch.tokens[r, :end].to(device)
-        m = (loss_mask[r, :end - 1] & (not dummy)).to(device)
+        pad = j >= n_real
+        m = (loss_mask[r, :end - 1] & (not dummy) & (not pad)).to(device)
+        if pad:
+            core.eval()                   # a padding micro-batch: no load counting either
         with policy.no_sync() if no_sync else nullcontext(), amp:
             logp, ent = sequence_logprobs(policy, tok, batch.completion_mask[r, :end].to(device), cfg.temperature,
                                           with_entropy=True)
@@ -508,7 +510,7 @@ def _minibatch_step(policy, optimizer, batch: Rollout, rows, loss_mask, old_logp
         for p in core.parameters():
             if p.grad is not None:
                 tdist.all_reduce(p.grad)
-    gnorm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)) if cfg.grad_clip > 0 else None
+    gnorm = float(clip_grad_norm(policy, cfg.grad_clip)) if cfg.grad_clip > 0 else None   # EP: experts counted once
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     core.update_bias()                    # V3 aux-loss-free balancing: once after each optimizer step
@@ -530,7 +532,8 @@ def grpo_update(policy, ref_model, optimizer, batch: Rollout, cfg: GRPOConfig, d
     world = dist.world_size
     loss_mask, active, minibatches, counts = _minibatches(batch, cfg, world)
     t0 = _sync(device)
-    old_logp, ref_logp = _fixed_logprobs(policy, ref_model, batch, cfg, loss_mask, active)
+    with ep.full_experts(unwrap(policy)):   # EP: these no-grad passes differ in number between ranks: local experts
+        old_logp, ref_logp = _fixed_logprobs(policy, ref_model, batch, cfg, loss_mask, active)
     t_logprobs = _sync(device) - t0
 
     # If the wrapper (DDP/FSDP) averages gradients over W ranks, scale by W to turn that into the global sum.
@@ -589,7 +592,7 @@ def maybe_update_reference(ref_model, policy, step: int, cfg: GRPOConfig) -> boo
 def make_optimizer(policy, cfg: GRPOConfig) -> torch.optim.AdamW:
     """AdamW at the constant cfg.lr over the policy's trainable parameters."""
     params = [p for p in policy.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    return adamw(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
 
 
 def _global_std(x: torch.Tensor, dist: Dist) -> float:
@@ -677,7 +680,9 @@ def grpo_step(policy, ref_model, optimizer, tasks, reward_fn, tokenizer, cfg: GR
     (n, n_groups, reward, reward_std, length, truncated, kept, with_words, prompt_tok, t_gen, t_reward,
      t_rollout, t_total), parts, applies = sums[:13].tolist(), sums[13:13 + len(names)].tolist(), sums[13 + len(names):]
     world = dist.world_size
-    out = {"reward": reward / n, **{k: v / max(float(c), 1.0) for k, v, c in zip(names, parts, applies)},
+    # each reward part: its mean over the rows it applies to; absent from a step where it applies to none (all_rl's
+    # general terms before the general prompts join), not a 0 that would draw as a collapse
+    out = {"reward": reward / n, **{k: v / float(c) for k, v, c in zip(names, parts, applies) if c > 0},
            "reward_std": reward_std / n_groups,
            "response_length": length / n, "response_length_std": _global_std(batch.lengths.double(), dist),
            "truncated": truncated / n, "groups_kept": int(kept),

@@ -11,11 +11,15 @@ through kernels.py, which runs Triton on CUDA and plain torch on CPU; this file 
     python model.py --config configs/v3-671b.json   # built on the meta device: ~671B total, ~37B active
     python model.py --config configs/v2-lite.json   # DeepSeek-V2-Lite: 15.7B total, 2.4B active
     python model.py --config configs/toy.json       # the CPU toy
+    python model.py --import-hf DIR --out model.pt  # Hugging Face DeepseekV3/V2 <-> minR1 checkpoints (hf.py)
+    python model.py --export-hf runs/toy/zero/model.pt --out DIR
 
 Shapes: B batch, T tokens, S cached keys, D dim, H heads, C kv_lora_rank, R qk_rope_head_dim, N qk_nope_head_dim,
 V v_head_dim (inside MLA), E routed experts, K activated experts, I expert width.
 """
 import argparse
+import contextlib
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, fields
@@ -24,7 +28,9 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
+import ep
 import kernels
 
 
@@ -67,6 +73,9 @@ class ModelArgs:
     # load balancing
     bias_update_speed: float = 0.001 # gamma: b_i += gamma * sign(mean_load - load_i) after each step
     seq_aux_alpha: float = 0.0001    # alpha of the sequence-wise balance loss (V3 eq. 17); 0 = off
+    # memory: keep only each block's input in training and recompute the block in the backward pass (V3 §3.2.3
+    # recomputes RMSNorm and MLA up-projections; this recomputes whole blocks: less memory, ~1/3 more compute)
+    activation_checkpointing: bool = False
 
     def __post_init__(self):
         def need(ok, msg):
@@ -287,7 +296,8 @@ class Gate(nn.Module):
 
     def forward(self, x):
         """x (N, D) -> weights (N, K) fp32, indices (N, K) long, scores s (N, E) fp32."""
-        logits = F.linear(x.float(), self.weight.float())                         # (N, E): routing in fp32
+        with torch.autocast(x.device.type, enabled=False):   # routing in fp32 even under bf16 autocast, which
+            logits = F.linear(x.float(), self.weight.float())                     # would recast: (N, E)
         s = logits.sigmoid() if self.score_func == "sigmoid" else logits.softmax(dim=-1)   # eq. 15
         biased = s + self.bias                                                    # eq. 16: selection only
         if self.n_groups > 1:
@@ -352,6 +362,7 @@ class MoE(nn.Module):
         self.w3 = nn.Parameter(torch.empty(E, D, I))   # up projections
         self.w2 = nn.Parameter(torch.empty(E, I, D))   # down projections
         self.shared_experts = MLP(D, args.n_shared_experts * I) if args.n_shared_experts else None
+        self.ep_group = None   # expert parallelism: set by ep.shard_experts, w1/w3/w2 then hold this rank's experts
 
     def forward(self, x, with_balance: bool = False):
         """x (B, T, D) -> (B, T, D), and the balance loss (a 0-d tensor; 0 unless with_balance and alpha > 0)."""
@@ -360,7 +371,10 @@ class MoE(nn.Module):
         weights, idx, scores = self.gate(flat)                                    # (N, K), (N, K), (N, E)
         if self.training:
             self.gate.count(idx)
-        y = kernels.moe_ffn(flat, idx, weights, self.w1, self.w3, self.w2)       # routed experts
+        if self.ep_group is None:
+            y = kernels.moe_ffn(flat, idx, weights, self.w1, self.w3, self.w2)   # routed experts
+        else:                                                                    # ... on their ranks (V3 §3.2)
+            y = ep.routed_experts(self, flat, idx, weights)
         if self.shared_experts is not None:
             y = y + self.shared_experts(flat)                                     # shared experts: always on
         aux = balance_loss(scores, idx, B, T, self.topk, self.alpha) if with_balance and self.alpha > 0 \
@@ -446,6 +460,24 @@ class KVCache:
         self.batch_size = self.a[0].shape[0]
 
 
+def _count_once(block):
+    """torch.utils.checkpoint's context_fn for a block: (context of the forward, context of the recomputation).
+    The recomputation runs the block's forward again in training mode, so its gates would count their tokens
+    twice; the second context puts each gate's load counters back as they were before the recomputation."""
+    return contextlib.nullcontext(), _loads_restored(block)
+
+
+@contextlib.contextmanager
+def _loads_restored(block):
+    gates = [m for m in block.modules() if isinstance(m, Gate)]
+    saved = [None if g.load is None else g.load.clone() for g in gates]
+    try:
+        yield
+    finally:
+        for g, load in zip(gates, saved):
+            g.load = load
+
+
 class Transformer(nn.Module):
     """Embedding -> n_layers Blocks (the first n_dense_layers dense, the rest MoE) -> RMSNorm -> head.
     The head is not tied to the embedding (V3 does not tie them)."""
@@ -501,8 +533,13 @@ class Transformer(nn.Module):
         sin = self.rope_sin[:T][None].expand(B, T, -1)
         h = self.embed(tokens)                                                    # (B, T, D)
         balance = h.new_zeros((), dtype=torch.float32)
+        recompute = self.args.activation_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            h, aux = layer(h, cos, sin)
+            if recompute:    # the block's activations are rebuilt in backward from h (no reentrant autograd)
+                h, aux = checkpoint(layer, h, cos, sin, use_reentrant=False,
+                                    context_fn=functools.partial(_count_once, layer))
+            else:
+                h, aux = layer(h, cos, sin)
             balance = balance + aux
         logits = self.head(self.norm(h)).float()                                  # (B, T, vocab)
         if targets is None:
@@ -516,7 +553,9 @@ class Transformer(nn.Module):
         mtp = torch.zeros((), device=logits.device)
         if self.mtp is not None and T > 1:
             # position i (0..T-2) sees h_i and Emb(t_{i+1}) = Emb(tokens[i+1]) and predicts t_{i+2} = targets[i+1]
-            h_mtp, aux = self.mtp(h[:, :-1], self.embed(tokens[:, 1:]), cos[:, :-1], sin[:, :-1])
+            mtp_in = (h[:, :-1], self.embed(tokens[:, 1:]), cos[:, :-1], sin[:, :-1])
+            h_mtp, aux = checkpoint(self.mtp, *mtp_in, use_reentrant=False, context_fn=functools.partial(
+                _count_once, self.mtp)) if recompute else self.mtp(*mtp_in)
             mtp = cross_entropy(self.head(h_mtp).float(), targets[:, 1:])         # eq. 24
             balance = balance + aux
         loss = ce + self.args.mtp_lambda * mtp + balance                          # eq. 25 with D = 1
@@ -613,13 +652,31 @@ def human(n: float) -> str:
 
 def main(argv=None):
     import os
-    p = argparse.ArgumentParser(description="Build a model on the meta device and print its counters.")
-    p.add_argument("--config", required=True, help="a preset name from configs/ (micro, toy, v2-lite, v3-671b), as "
+    p = argparse.ArgumentParser(description="Build a model on the meta device and print its counters; or convert "
+                                "checkpoints to / from Hugging Face's DeepseekV3 layout (hf.py).")
+    p.add_argument("--config", help="a preset name from configs/ (micro, toy, v2-lite, v3-671b), as "
                    "train_pipeline.py takes it, or a JSON path (a preset with a 'model' section, or flat ModelArgs)")
     p.add_argument("--seq-len", type=int, default=None,
                    help="context length for the FLOPs (default min(max_seq_len, original_seq_len))")
     p.add_argument("--dtype-bytes", type=int, default=2, help="bytes per cached number (2 = bf16)")
+    p.add_argument("--import-hf", metavar="DIR", help="a Hugging Face DeepseekV3/V2 directory -> --out model.pt")
+    p.add_argument("--export-hf", metavar="MODEL_PT", help="a minR1 model.pt -> --out directory (config.json + "
+                   "safetensors)")
+    p.add_argument("--out", help="where --import-hf / --export-hf write")
+    p.add_argument("--tokenizer", help="--import-hf: the tokenizer name to record (default: the one config.json "
+                   "records, if any)")
+    p.add_argument("--no-mtp", action="store_true", help="--import-hf: leave out the MTP layer")
+    p.add_argument("--max-shard-mb", type=float, default=4096, help="--export-hf: largest safetensors shard")
     a = p.parse_args(argv)
+    if a.import_hf or a.export_hf:
+        import hf
+        if not a.out or (a.import_hf and a.export_hf):
+            raise SystemExit("give one of --import-hf DIR / --export-hf MODEL_PT, and --out")
+        if a.import_hf:
+            return hf.cli_import(a.import_hf, a.out, a.tokenizer, a.no_mtp)
+        return hf.cli_export(a.export_hf, a.out, a.max_shard_mb)
+    if not a.config:
+        raise SystemExit("--config is required (or --import-hf / --export-hf)")
     if os.path.isfile(a.config):
         try:                                           # a file may be flat ModelArgs, which config.py does not take
             args = ModelArgs.from_json(a.config)

@@ -14,13 +14,14 @@ have seen, and N ranks each take every N-th row of the same global batch.
 import math
 import os
 import time
+from array import array
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
-from common import MetricsLogger, autocast, load_resumable, print0, save_model, unwrap
+from common import MetricsLogger, adamw, autocast, clip_grad_norm, load_resumable, print0, save_model, unwrap
 
 
 @dataclass
@@ -65,21 +66,26 @@ def pack_examples(examples, seq_len: int, pad_id: int):
     is a training target.
     """
     L = seq_len + 1
-    rows_t, rows_m, cur_t, cur_m = [], [], [], []
+    # rows go into flat typed arrays (8 bytes a token), not lists of Python ints (~40 bytes a token): the toy
+    # pretraining corpus packs to 18M tokens, and lists of them were most of the pretraining stage's peak memory
+    # (examples may be a generator, so the caller need not hold its own list of them either)
+    flat_t, flat_m, cur_t, cur_m = array("q"), array("b"), [], []
     for ids, mask in examples:
         ids, mask = list(ids[:L]), list(mask[:L])
         if len(cur_t) + len(ids) > L:                       # the example does not fit: close the row
-            rows_t.append(cur_t + [pad_id] * (L - len(cur_t)))
-            rows_m.append(cur_m + [0] * (L - len(cur_m)))
+            flat_t.extend(cur_t + [pad_id] * (L - len(cur_t)))
+            flat_m.extend(cur_m + [0] * (L - len(cur_m)))
             cur_t, cur_m = [], []
         cur_t += ids
         cur_m += mask
     if cur_t:
-        rows_t.append(cur_t + [pad_id] * (L - len(cur_t)))
-        rows_m.append(cur_m + [0] * (L - len(cur_m)))
-    if not rows_t:
+        flat_t.extend(cur_t + [pad_id] * (L - len(cur_t)))
+        flat_m.extend(cur_m + [0] * (L - len(cur_m)))
+    if not flat_t:
         raise ValueError("pack_examples: no examples to pack")
-    return torch.tensor(rows_t, dtype=torch.long), torch.tensor(rows_m, dtype=torch.bool)
+    tokens = torch.frombuffer(flat_t, dtype=torch.long).view(-1, L).clone()      # clone: owns its memory
+    mask = torch.frombuffer(flat_m, dtype=torch.int8).view(-1, L).bool()
+    return tokens, mask
 
 
 def batch_rows(n_rows: int, step: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -114,9 +120,8 @@ def make_optimizer(model: torch.nn.Module, cfg: SFTConfig) -> torch.optim.AdamW:
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}],
-                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    return adamw([{"params": decay, "weight_decay": cfg.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
 def train(model, tokens, mask, cfg: SFTConfig, dist, out_dir: str, *, resume: bool = False,
@@ -180,7 +185,7 @@ def train(model, tokens, mask, cfg: SFTConfig, dist, out_dir: str, *, resume: bo
             loss.backward()
             ce, mtp, bal = (parts[k].item() for k in ("ce", "mtp", "balance"))
             sums += torch.tensor([ce * n_local, mtp * n_local, bal * len(rows) * world / cfg.batch_size, n_local])
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        gnorm = clip_grad_norm(model, cfg.grad_clip)            # EP: each expert counted once
         opt.step()
         opt.zero_grad(set_to_none=True)
         core.update_bias()                                       # V3 aux-loss-free balancing, once per step

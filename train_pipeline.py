@@ -13,13 +13,15 @@
     python train_pipeline.py --stage report --config toy                 # rewrite runs/toy/report.md
     torchrun --nproc_per_node=2 train_pipeline.py --stage pretrain --config toy --steps 50
     python train_pipeline.py --stage pretrain --config toy --lr 1e-3 --model.dim 192   # overrides (config.py)
+    python train_pipeline.py --config node8 --plan --nodes 1 --gpus-per-node 8   # memory, traffic, step time
+                                                                         #   per GPU; refuses what won't fit (plan.py)
 
 A stage that has finished (its model.pt exists) is redone only with --force; one process at a time may use a run
 (runs/<name>/.lock). Failures are one "error: ..." line (common.run_cli).
 
---config is a preset name from configs/ (micro, toy, v2-lite, v3-671b) or a path to a JSON file. Each stage writes
-runs/<name>/<stage>/ (model.pt + config.json, metrics.jsonl, samples.jsonl, eval.json, plots/) and refreshes
-runs/<name>/report.md. The loops live elsewhere: sft.train for every SFT, grpo.train for every RL stage,
+--config is a preset name from configs/ (micro, toy, gpu1, node8, v3-nodes, v2-lite, v3-671b) or a path to a JSON
+file. Each stage writes runs/<name>/<stage>/ (model.pt + config.json, metrics.jsonl, samples.jsonl, eval.json,
+plots/) and refreshes runs/<name>/report.md. The loops live elsewhere: sft.train for every SFT, grpo.train for every RL stage,
 distill.py builds the SFT sets, reward_model.py the reward models, eval.py evaluates, report.py reports.
 """
 import argparse
@@ -36,19 +38,21 @@ import torch
 from tqdm import tqdm
 
 import data
+import datasets_jsonl
 import distill
 import grpo
 import reward_model
 import sft
 import toychat
-from common import (barrier, build_model_from_checkpoint, cleanup_distributed, load_checkpoint, plot_stage, print0,
-                    read_json, read_jsonl, read_metrics, release_memory, run_cli, save_model, setup_distributed,
-                    wrap_model, write_jsonl)
+from common import (PeakRSS, barrier, build_model_from_checkpoint, cleanup_distributed, load_checkpoint, plot_stage,
+                    print0, read_json, read_jsonl, read_metrics, release_memory, resident_mb, run_cli, save_model,
+                    setup_distributed, wrap_model, write_jsonl)
 from config import ROOT, apply_overrides, check_values, load_config, resolve, section_config
 from eval import FORMATS, REFLECTIVE, effective_reflection, eval_general, run_eval
 from model import ModelArgs, Transformer
 from report import rl_figures, write_report
-from rewards import accuracy_reward, cold_start_format_reward, format_reward, language_reward
+from rewards import (accuracy_reward, cold_start_format_reward, format_reward, general_format_reward,
+                     general_language_reward, language_reward)
 from tokenizer import get_tokenizer
 
 # `--stage all` runs these in order. reward_models needs only the base model, so it runs early: every model
@@ -127,6 +131,26 @@ def load_stage_model(cfg, stage, device):
     return build_model_from_checkpoint(path, device)[0].train()
 
 
+# --init PATH (main sets it): the stage starts from this model instead of its predecessor's, and it is also the KL
+# reference of an RL stage. A minR1 model.pt or a Hugging Face DeepseekV3/V2 directory (hf.py).
+INIT = {"path": None}
+INIT_STAGES = ("zero", "cold_start", "reasoning_rl", "rejection_sft", "all_rl")
+
+
+def load_init_model(cfg, init, device):
+    """The model a stage trains from: stage `init`'s, or the --init one (its shapes from its checkpoint, the training
+    knobs hf.TRAINING_KNOBS, e.g. bias_update_speed, from the config's model section)."""
+    if INIT["path"] is None:
+        return load_stage_model(cfg, init, device)
+    import hf
+    model = hf.load_init(INIT["path"], {k: cfg["model"][k] for k in hf.TRAINING_KNOBS if k in cfg["model"]})
+    vocab = get_tokenizer(cfg["tokenizer"]).vocab_size
+    if model.args.vocab_size < vocab:
+        raise SystemExit(f"error: --init {INIT['path']}: the model has {model.args.vocab_size} token embeddings, "
+                         f"fewer than the tokenizer '{cfg['tokenizer']}' has tokens ({vocab}); pick its tokenizer")
+    return model.to(device)
+
+
 def rm_paths(cfg):
     """The reward models' model.pt files, or None before the reward_models stage has run."""
     if not finished(cfg, "reward_models"):
@@ -197,10 +221,39 @@ def train_tasks(cfg, section: dict) -> list:
     return data.task_pool(section["tasks"], section["seed"], "train", cfg.get("difficulty"))
 
 
+def rl_tasks(cfg, section: dict) -> list:
+    """An RL stage's reasoning problems: every problem of the config's "data" file (--data PATH, read by
+    datasets_jsonl.py) where it names one, else the toy world's (train_tasks). The SFT-set stages (cold_start,
+    rejection_sft, distill) keep drawing theirs from the toy world."""
+    if not cfg.get("data"):
+        return train_tasks(cfg, section)
+    tasks, info = datasets_jsonl.config_data(cfg, "data")
+    print0(f"training problems: {info['rows']} from {info['path']} ({info['format']}; "
+           f"{', '.join(f'{k} {n}' for k, n in info['kinds'].items())})")
+    return tasks
+
+
+def record_data(cfg, stage, dist, train: bool):
+    """runs/<name>/<stage>/data_files.json: which JSONL files the stage trained ("train") and evaluated ("eval")
+    on (path, sha256, format, rows, skipped bad rows, kinds); nothing when it used the toy world's problems."""
+    used = {}
+    if train and cfg.get("data"):
+        used["train"] = datasets_jsonl.config_data(cfg, "data")[1]
+    if cfg.get("eval_data"):
+        used["eval"] = datasets_jsonl.config_data(cfg, "eval_data")[1]
+    if used and dist.is_main:
+        path = os.path.join(stage_dir(cfg, stage), "data_files.json")
+        old = read_json(path) or {}
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump({**old, **used}, f, indent=1)
+
+
 def final_eval(model, tok, cfg, stage, fmt, dist):
     """The stage model's held-out evaluation (eval.py) -> eval.json, samples.jsonl, report.md."""
+    record_data(cfg, stage, dist, train=False)
     results, samples, questions = run_eval(model, tok, cfg, dist, fmt)
-    results.update(eval_general(model, tok, cfg, dist, rm_paths(cfg)))
+    results.update(eval_general(model, tok, cfg, dist, rm_paths(cfg), questions))   # + the general rows
     write_eval(cfg, stage, results, samples, dist, questions)   # ends with the stage's one-line summary
 
 
@@ -211,7 +264,7 @@ def sft_stage(cfg, stage, init, records, section, args, dist, fmt="chat"):
         raise SystemExit(f"error: {stage}: no training examples survived the filters (see "
                          f"{stage_dir(cfg, stage)}/data.json); raise min_examples or sample more")
     tok = get_tokenizer(cfg["tokenizer"])
-    model = load_stage_model(cfg, init, dist.device)
+    model = load_init_model(cfg, init, dist.device)
     tokens, mask = sft.pack_examples(distill.sft_examples(tok, records), section["seq_len"], tok.pad_id)
     steps = max(1, math.ceil(section["epochs"] * len(tokens) / section["batch_size"]))
     scfg = section_config(sft.SFTConfig, cfg, section, steps=steps)
@@ -231,11 +284,13 @@ def grpo_stage(cfg, stage, init, section, reward, tasks, args, dist, fmt="chat")
     tok = get_tokenizer(cfg["tokenizer"])
     gcfg = section_config(grpo.GRPOConfig, cfg, section)
     torch.manual_seed(gcfg.seed)
-    policy = load_stage_model(cfg, init, dist.device)
-    policy = wrap_model(policy, dist, fsdp=cfg.get("fsdp", False), find_unused_parameters=policy.mtp is not None)
-    ref = load_stage_model(cfg, init, dist.device).eval().requires_grad_(False) if gcfg.beta > 0 else None
+    policy = load_init_model(cfg, init, dist.device)
+    policy = wrap_model(policy, dist, fsdp=cfg.get("fsdp", False), find_unused_parameters=policy.mtp is not None,
+                        ep=cfg.get("ep", 1))
+    ref = load_init_model(cfg, init, dist.device).eval().requires_grad_(False) if gcfg.beta > 0 else None
     opt = grpo.make_optimizer(policy, gcfg)
     d = stage_dir(cfg, stage)
+    record_data(cfg, stage, dist, train=True)
     final = {}
 
     def final_evaluate(m):      # the whole held-out set after the last step (in between: eval.n_during questions)
@@ -246,20 +301,22 @@ def grpo_stage(cfg, stage, init, section, reward, tasks, args, dist, fmt="chat")
                          evaluate=lambda m: run_eval(m, tok, cfg, dist, fmt, during=True)[:2], prompt_fn=FORMATS[fmt][0], resume=args.resume,
                          ckpt_every=cfg.get("ckpt_every", 10), count_words=REFLECTIVE,
                          text_flags={"reflect_eff": effective_reflection}, extra_ckpt={"config": cfg})
-    results.update(eval_general(policy, tok, cfg, dist, rm_paths(cfg)))
+    results.update(eval_general(policy, tok, cfg, dist, rm_paths(cfg), final["questions"]))
     save_stage_model(policy, cfg, stage, section["steps"], tok, dist)
     if dist.is_main:
         sets = cfg["eval"]["sets"]
         rl_figures(d, sets, cfg["eval"]["k"])
-        plot_stage(d, ["reward", "accuracy", "format", "kl", "clip_low", "clip_high", "entropy"], "training.png")
-        plot_stage(d, list(reward), "reward_parts.png")
-        plot_stage(d, [f"eval_{x}_{k}" for x in sets for k in ("mixed", "language")], "language.png")
+        plot_stage(d, ["reward", "accuracy", "format", "kl", "clip_low", "clip_high", "entropy"], "training.png",
+                   "RL step")
+        plot_stage(d, list(reward), "reward_parts.png", "RL step")      # each part: mean over its own rows
+        plot_stage(d, [f"eval_{x}_{k}" for x in sets for k in ("mixed", "language")], "language.png", "RL step")
     write_eval(cfg, stage, results, [], dist, final["questions"])
 
 
 def wrap(model, cfg, dist):
-    """DDP, or FSDP2 per block where the config says "fsdp": true (common.wrap_model)."""
-    return wrap_model(model, dist, fsdp=cfg.get("fsdp", False))
+    """DDP, or FSDP2 per block where the config says "fsdp": true, with the routed experts sharded over groups of
+    "ep" ranks where it says "ep": N > 1 (common.wrap_model, ep.py)."""
+    return wrap_model(model, dist, fsdp=cfg.get("fsdp", False), ep=cfg.get("ep", 1))
 
 
 def only(kinds, f):
@@ -289,8 +346,9 @@ def stage_pretrain(cfg, args, dist, stage="pretrain"):
     torch.manual_seed(section["seed"])
     model = Transformer(ModelArgs(**{**cfg["model"], "vocab_size": tok.vocab_size})).to(dist.device)
     docs = data.pretrain_corpus(section["n_docs"], seed=section["seed"], difficulty=cfg.get("difficulty"))
-    ids = tok.encode_batch(docs)
-    tokens, mask = sft.pack_examples([(x + [tok.eos_id], [1] * (len(x) + 1)) for x in ids], section["seq_len"],
+    # encoded in chunks and packed as they come: the whole corpus as lists of Python ints would be ~1 GB (toy)
+    ids = (x for i in range(0, len(docs), 4096) for x in tok.encode_batch(docs[i:i + 4096]))
+    tokens, mask = sft.pack_examples(((x + [tok.eos_id], [1] * (len(x) + 1)) for x in ids), section["seq_len"],
                                      tok.pad_id)
     print0(f"pretrain: {len(docs)} documents, {int(mask.sum())} tokens in {len(tokens)} rows of "
            f"{section['seq_len']}; model {sum(q.numel() for q in model.parameters()) / 1e6:.2f}M params")
@@ -339,10 +397,15 @@ def backfill_general(cfg, dist):
     barrier(dist)
     tok = get_tokenizer(cfg["tokenizer"])
     for p, res in todo:
-        res.update(eval_general(load_stage_model(cfg, p, dist.device), tok, cfg, dist, rm_paths(cfg)))
+        general = []                  # the general/safety rows join the stage's per-question results
+        res.update(eval_general(load_stage_model(cfg, p, dist.device), tok, cfg, dist, rm_paths(cfg), general))
         if dist.is_main:
             with open(os.path.join(stage_dir(cfg, p), "eval.json"), "w") as f:
                 json.dump(res, f, indent=2)
+            qpath = os.path.join(stage_dir(cfg, p), "eval_questions.jsonl")
+            if os.path.exists(qpath):
+                keep = [q for q in read_jsonl(qpath) if q["set"] not in ("general", "safety")]
+                write_jsonl(qpath, keep + general)
     if dist.is_main:
         write_report(cfg, run_dir(cfg), model_products(cfg))
 
@@ -351,11 +414,11 @@ def stage_zero(cfg, args, dist):
     """R1-Zero (R1 §2.2): GRPO straight from the base model, the R1-Zero template (R1 Table 1) and rule rewards
     only: Reward_rule = Reward_acc + Reward_format, equal weights (R1 §2.2.2). Nothing rewards length or
     particular words: if responses grow longer or reflective words appear, RL found them useful."""
-    if not os.path.exists(os.path.join(stage_dir(cfg, "pretrain"), "model.pt")):
+    if INIT["path"] is None and not os.path.exists(os.path.join(stage_dir(cfg, "pretrain"), "model.pt")):
         print0(f"no pretrain checkpoint for '{cfg['name']}': building it first")
         stage_pretrain(cfg, argparse.Namespace(**{**vars(args), "resume": False}), dist)
     reward = {"accuracy": (accuracy_reward, 1.0), "format": (format_reward, 1.0)}
-    grpo_stage(cfg, "zero", "pretrain", cfg["zero"], reward, train_tasks(cfg, cfg["zero"]), args, dist, fmt="r1zero")
+    grpo_stage(cfg, "zero", "pretrain", cfg["zero"], reward, rl_tasks(cfg, cfg["zero"]), args, dist, fmt="r1zero")
 
 
 def stage_cold_start(cfg, args, dist):
@@ -375,7 +438,7 @@ def stage_reasoning_rl(cfg, args, dist):
     section = cfg["reasoning_rl"]
     reward = {"accuracy": (accuracy_reward, 1.0), "format": (cold_start_format_reward, 1.0),
               "language": (language_reward, 1.0)}
-    grpo_stage(cfg, "reasoning_rl", "cold_start", section, reward, train_tasks(cfg, section), args, dist)
+    grpo_stage(cfg, "reasoning_rl", "cold_start", section, reward, rl_tasks(cfg, section), args, dist)
 
 
 def stage_rejection_sft(cfg, args, dist):
@@ -390,25 +453,41 @@ def stage_rejection_sft(cfg, args, dist):
 
 
 def stage_all_rl(cfg, args, dist):
-    """R1 §2.3.4, RL for all scenarios -> R1. GRPO from Step3 at temperature 0.7. Reasoning prompts: accuracy +
-    format + language (rules only: no neural reward on reasoning, R1 §2.2.2). General prompts (instructions
-    and safety requests): helpfulness RM on the final answer + safety RM on the whole response. They join only
-    for the last general_steps steps: R1 saw reward hacking when RM-based training ran longer."""
+    """R1 §2.3.4, RL for all scenarios -> R1. GRPO from Step3 at temperature 0.7 with all_rl_reward's terms:
+    reasoning prompts get the rules, general prompts (instructions and safety requests) the reward models and
+    the format, and every prompt the language consistency. General prompts join only for the last general_steps
+    steps: R1 saw reward hacking when RM-based training ran longer."""
     section = cfg["all_rl"]
     need_stage(cfg, "reward_models")
     tok = get_tokenizer(cfg["tokenizer"])
     helpful, safe = reward_model.rm_rewards(reward_model.load_reward_models(rm_paths(cfg), dist.device), tok,
                                             cfg["reward_models"]["seq_len"])
-    R, G = distill.REASONING, distill.GENERAL
-    reward = {"accuracy": (only(R, accuracy_reward), 1.0), "format": (only(R, cold_start_format_reward), 1.0),
-              "language": (only(R, language_reward), 1.0), "helpful": (only(G, helpful), 1.0),
-              "safety": (only(G, safe), 1.0)}
-    reasoning = train_tasks(cfg, section)
+    reward = all_rl_reward(helpful, safe)
+    reasoning = rl_tasks(cfg, section)
     general = (data.make_tasks("general", section["n_general"], seed=section["seed"]) +
                toychat.safety_tasks(section["n_safety"], section["seed"], "train"))
     start = section["steps"] - section["general_steps"]
     grpo_stage(cfg, "all_rl", "rejection_sft", section, reward,
                lambda step: reasoning if step < start else reasoning + general, args, dist)
+
+
+def all_rl_reward(helpful, safe) -> dict:
+    """The final stage's reward terms, R1 §2.3.4 (Nature eq. 10): Reward = Reward_reasoning + Reward_general +
+    Reward_language, each term only on the rows it applies to (only(): NaN elsewhere, so it adds nothing there
+    and its logged mean is over its own rows; the curves do not dip when the other scenario joins).
+      reasoning prompts: accuracy + format (the cold-start layout) + language (over the CoT). Rules only: no
+                         neural reward on reasoning data (R1 §2.2.2).
+      general prompts:   helpful (helpfulness RM, final answer) + safety (safety RM, whole response)
+                         + format_general (the cold-start layout, or the bare answer R1 gives trivial queries:
+                         rewards.general_format_reward) + language_general (over the CoT where there is one:
+                         rewards.general_language_reward).
+    Format and language are logged per scenario (format / format_general, language / language_general): the two
+    layouts are different checks. helpful, safe: reward_model.rm_rewards's two functions."""
+    R, G = distill.REASONING, distill.GENERAL
+    return {"accuracy": (only(R, accuracy_reward), 1.0), "format": (only(R, cold_start_format_reward), 1.0),
+            "language": (only(R, language_reward), 1.0), "helpful": (only(G, helpful), 1.0),
+            "safety": (only(G, safe), 1.0), "format_general": (only(G, general_format_reward), 1.0),
+            "language_general": (only(G, general_language_reward), 1.0)}
 
 
 def student_cfg(cfg, name) -> dict:
@@ -458,7 +537,7 @@ def rl_student(cfg, name, records, args, dist):
     student = load_stage_model(cfg, f"pretrain_student_{name}", "cpu")
     step = load_checkpoint(os.path.join(stage_dir(cfg, f"distill_{name}"), "model.pt"))["step"]
     budget = distill.sft_flops(student, step, sft_cfg["batch_size"], sft_cfg["seq_len"])
-    pool = train_tasks(cfg, section)
+    pool = rl_tasks(cfg, section)
     with_ref = section.get("beta", 0.0) > 0
     if not section.get("steps"):
         completion = sum(len(tok.encode(r["completion"])) + 1 for r in records) / max(len(records), 1)
@@ -495,10 +574,27 @@ def stage_all(cfg, args, dist):
                 shutil.rmtree(stage_dir(cfg, p), ignore_errors=True)
         barrier(dist)
         print0(f"[all] {stage}")
-        STAGE_FNS[stage](cfg, argparse.Namespace(**{**vars(args), "resume": not args.force}), dist)
+        with PeakRSS() as mem:
+            STAGE_FNS[stage](cfg, argparse.Namespace(**{**vars(args), "resume": not args.force}), dist)
         release_memory()
+        log_memory(cfg, stage, mem, dist)
     bar.close()
     backfill_general(cfg, dist)
+
+
+def log_memory(cfg, stage, mem, dist):
+    """One line per stage of `--stage all` in runs/<name>/memory.jsonl and on the console: this rank's resident
+    memory (MB) at its peak during the stage (common.PeakRSS), at its end, after release_memory, and the process's
+    peak so far (VmHWM). A peak that keeps growing from stage to stage means something outlives its stage."""
+    now = resident_mb()
+    row = {"stage": stage, "peak_rss_mb": mem.peak_mb, "end_rss_mb": mem.end_mb, "released_rss_mb": now["rss_mb"],
+           "process_peak_mb": now["peak_mb"]}
+    if mem.peak_mb is not None:
+        print0(f"[all] {stage}: resident memory {mem.peak_mb:.0f} MB at the stage's peak, {mem.end_mb:.0f} MB at its "
+               f"end, {now['rss_mb']:.0f} MB after release (process peak {now['peak_mb']:.0f} MB)")
+    if dist.is_main:
+        with open(os.path.join(run_dir(cfg), "memory.jsonl"), "a") as f:
+            f.write(json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()}) + "\n")
 
 
 def stage_report(cfg, args, dist):
@@ -550,11 +646,19 @@ def lock_run(cfg):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if "--plan" in argv:   # what a run needs per GPU, before renting any (plan.py): no training, no process group
+        import plan
+        plan.main(argv)
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", required=True, help=f"one of: {', '.join(STAGES)}, all, report")
     ap.add_argument("--config", default="toy", help="preset name in configs/ or a JSON path")
     ap.add_argument("--name", default=None, help="run name (default: the config's name)")
     ap.add_argument("--resume", action="store_true", help="continue a killed stage from its last checkpoint")
+    ap.add_argument("--init", default=None, metavar="PATH", help=f"start the stage ({', '.join(INIT_STAGES)}) from "
+                    f"this model instead of its predecessor's: a minR1 model.pt or a Hugging Face DeepseekV3/V2 "
+                    f"directory (python model.py --import-hf converts one once)")
     ap.add_argument("--force", action="store_true", help="redo finished work (a finished stage is refused without "
                     "it; --stage all: every stage; distill and reward_models: their finished parts)")
     args, rest = ap.parse_known_args(argv)
@@ -567,12 +671,21 @@ def main(argv=None):
         raise SystemExit(f"error: config '{args.config}' has no section for stage(s) {', '.join(missing)} "
                          f"(configs/toy.json has one for every stage)")
     check_values(cfg, stages, f"config '{args.config}'")
+    datasets_jsonl.apply_to_config(cfg)   # --data / --eval-data: read now, so a bad row stops the run before it starts
     if args.name:
         check_name(args.name, "--name")
         cfg["name"] = args.name
     else:
         check_name(cfg["name"], f"config '{args.config}': name")
     INVOCATION.update(config=args.config, name=args.name)
+    INIT["path"] = None
+    if args.init:
+        if args.stage not in INIT_STAGES:
+            raise SystemExit(f"error: --init applies to one stage that starts from a model "
+                             f"({', '.join(INIT_STAGES)}), not to --stage {args.stage}")
+        if not os.path.exists(args.init):
+            raise SystemExit(f"error: --init {args.init}: no such file or directory")
+        INIT["path"] = cfg["init"] = args.init     # config.json records where the weights came from
     if cfg.get("sandbox_allow_unisolated"):   # sandbox.run_code reads it; without it, code is refused there
         os.environ["MINR1_ALLOW_UNISOLATED"] = "1"
         print0("warning: sandbox_allow_unisolated: model-written code runs even where the sandbox gets no "

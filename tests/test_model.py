@@ -237,6 +237,20 @@ def test_gate_weights_formula_and_route_scale():
     assert (idx[:, 0] != idx[:, 1]).all(), "top-K picks K distinct experts"
 
 
+def test_routing_stays_fp32_under_bf16_autocast():
+    """The router's scores decide which experts run: under bf16 autocast they must still be the fp32 scores (a bf16
+    matmul rounds near-tied scores and changes the selection)."""
+    a = tiny()
+    g = gate_for(a)
+    x = torch.randn(64, a.dim)
+    w32, idx32, s32 = g(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        w, idx, s = g(x)
+    assert s.dtype == torch.float32 and w.dtype == torch.float32, "Gate.forward: routing scores in fp32"
+    torch.testing.assert_close(s, s32, rtol=0, atol=0, msg=lambda m: f"autocast changed the routing scores\n{m}")
+    assert torch.equal(idx, idx32)
+
+
 def test_bias_changes_selection_not_weights():
     a = tiny()
     g = gate_for(a)
