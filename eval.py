@@ -279,7 +279,8 @@ def main(argv=None):
     import json
     import os
 
-    from common import Dist, build_model_from_checkpoint
+    from checkpoint import build_model_from_checkpoint
+    from common import Dist
     from config import load_config
     from tokenizer import get_tokenizer
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -325,7 +326,8 @@ def eval_file(args, overrides=()):
     import json
     import os
 
-    from common import Dist, build_model_from_checkpoint, write_jsonl
+    from checkpoint import build_model_from_checkpoint
+    from common import Dist, write_jsonl
     from config import apply_overrides, check_values, load_config
     from datasets_jsonl import apply_to_config
     from tokenizer import get_tokenizer

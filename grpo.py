@@ -43,8 +43,9 @@ from tqdm import tqdm
 import data
 import ep
 import kernels
+from checkpoint import load_resumable, save_model
 from common import (Dist, MetricsLogger, adamw, autocast, clip_grad_norm, full_params, load_model_state_dict,
-                    load_resumable, model_state_dict, print0, save_model, unwrap)
+                    model_state_dict, print0, unwrap)
 from rewards import combine
 from sample import generate
 

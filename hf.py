@@ -340,7 +340,7 @@ def to_hf_state_dict(model_or_state_dict, args: ModelArgs, fused: bool = False) 
     if isinstance(sd, nn.Module):
         from common import unwrap
         sd = unwrap(sd).state_dict()
-    from common import unwrapped_state_dict
+    from checkpoint import unwrapped_state_dict
     sd = unwrapped_state_dict(dict(sd))
     out = {}
 
@@ -616,7 +616,7 @@ def import_hf(hf_dir: str, skip_mtp: bool = False):
 def load_init(path: str, overrides: dict | None = None) -> Transformer:
     """train_pipeline's --init: a Transformer (fp32, training mode) from a HF directory or a minR1 checkpoint, with
     `overrides` (training-only ModelArgs fields such as bias_update_speed) applied to its args."""
-    from common import build_model_from_checkpoint
+    from checkpoint import build_model_from_checkpoint
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG)) and not os.path.isfile(
             os.path.join(path, "model.pt")):
         args, model = import_hf(path)
@@ -634,10 +634,10 @@ def load_init(path: str, overrides: dict | None = None) -> Transformer:
 
 # --------------------------------------------------------------------------------------------------------- CLI
 def cli_import(hf_dir: str, out: str, tokenizer: str | None = None, skip_mtp: bool = False) -> int:
-    """python model.py --import-hf DIR --out model.pt: a checkpoint the pipeline reads (common.save_model's layout:
+    """python model.py --import-hf DIR --out model.pt: a checkpoint the pipeline reads (checkpoint.save_model's layout:
     model, model_args, step, tokenizer; stage when the directory came from a minR1 stage), weights in the file's
     dtype."""
-    from common import save_checkpoint
+    from checkpoint import save_checkpoint
     cfg, sd = read_hf(hf_dir)
     try:
         args, state = from_hf_state_dict(sd, cfg, skip_mtp=skip_mtp)
@@ -663,7 +663,7 @@ def cli_import(hf_dir: str, out: str, tokenizer: str | None = None, skip_mtp: bo
 def cli_export(ckpt_path: str, out_dir: str, max_shard_mb: float = 4096) -> int:
     """python model.py --export-hf model.pt --out DIR: a pipeline checkpoint (runs/<name>/<stage>/model.pt, the
     bf16 copies in docs/toy_run) as a HF directory; the weights keep their dtype."""
-    from common import load_checkpoint, unwrapped_state_dict
+    from checkpoint import load_checkpoint, unwrapped_state_dict
     ckpt = load_checkpoint(ckpt_path)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise HFError(f"{ckpt_path} is not a minR1 model checkpoint (it needs 'model' and 'model_args' entries)")

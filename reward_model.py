@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 import data
 import toychat
-from common import MetricsLogger, load_checkpoint, save_model, unwrap
+from checkpoint import load_checkpoint, save_model
+from common import MetricsLogger, unwrap
 from model import ModelArgs, Transformer
 from rewards import _column, _strip_end_tokens, _text, response_summary
 from sft import SFTConfig, batch_rows, lr_at, make_optimizer

@@ -27,7 +27,8 @@ import torch
 import data
 import kernels
 import tokenizer
-from common import CheckpointError, load_checkpoint, run_cli, unwrapped_state_dict
+from checkpoint import load_checkpoint, unwrapped_state_dict
+from common import CheckpointError, run_cli
 from model import ModelArgs, Transformer
 
 
@@ -380,7 +381,7 @@ def _config_beside(path: str):
 def load_model(path: str, device="cpu"):
     """(model in fp32 and eval mode on device, the checkpoint dict, tokenizer name) from a model.pt.
 
-    Besides the pipeline's own checkpoints (common.save_model: weights, model_args, tokenizer, ...), this takes
+    Besides the pipeline's own checkpoints (checkpoint.save_model: weights, model_args, tokenizer, ...), this takes
     weights stored in bf16 (half the file, as the weights shipped in docs/ are) and weights without their
     model_args or tokenizer (a bare state dict, or a slimmed checkpoint), which then come from the config.json
     that every run folder holds beside model.pt."""

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from common import MetricsLogger, adamw, autocast, clip_grad_norm, load_resumable, print0, save_model, unwrap
+from checkpoint import load_resumable, save_model
+from common import MetricsLogger, adamw, autocast, clip_grad_norm, print0, unwrap
 
 
 @dataclass

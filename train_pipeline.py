@@ -44,9 +44,9 @@ import grpo
 import reward_model
 import sft
 import toychat
-from common import (PeakRSS, barrier, build_model_from_checkpoint, cleanup_distributed, load_checkpoint, plot_stage,
-                    print0, read_json, read_jsonl, read_metrics, release_memory, resident_mb, run_cli, save_model,
-                    setup_distributed, wrap_model, write_jsonl)
+from checkpoint import build_model_from_checkpoint, load_checkpoint, save_model
+from common import (PeakRSS, barrier, cleanup_distributed, plot_stage, print0, read_json, read_jsonl, read_metrics,
+                    release_memory, resident_mb, run_cli, setup_distributed, wrap_model, write_jsonl)
 from config import ROOT, apply_overrides, check_values, load_config, resolve, section_config
 from eval import FORMATS, REFLECTIVE, effective_reflection, eval_general, run_eval
 from model import ModelArgs, Transformer

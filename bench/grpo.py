@@ -21,7 +21,8 @@ sys.path.insert(0, ROOT)
 import data  # noqa: E402
 import tokenizer  # noqa: E402
 import grpo  # noqa: E402
-from common import build_model_from_checkpoint, run_cli  # noqa: E402
+from checkpoint import build_model_from_checkpoint  # noqa: E402
+from common import run_cli  # noqa: E402
 from config import load_config  # noqa: E402
 from model import ModelArgs, Transformer  # noqa: E402
 from rewards import accuracy_reward, format_reward  # noqa: E402

@@ -28,9 +28,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import (all_reduce_mean, barrier, cleanup_distributed, get_rng_state, load_checkpoint,  # noqa: E402
-                    load_model_state_dict, load_optimizer_state_dict, model_state_dict, optimizer_state_dict,
-                    save_checkpoint, set_rng_state, set_seed, setup_distributed, unwrap, wrap_model)
+from checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from common import (all_reduce_mean, barrier, cleanup_distributed, get_rng_state, load_model_state_dict,  # noqa: E402
+                    load_optimizer_state_dict, model_state_dict, optimizer_state_dict, set_rng_state, set_seed,
+                    setup_distributed, unwrap, wrap_model)
 
 V, D, I, E, T = 32, 16, 24, 8, 6     # vocab, width, expert hidden, experts, tokens per row
 B, ACCUM, GAMMA = 8, 2, 0.01         # global batch rows, micro-steps per optimizer step, bias update speed

@@ -32,8 +32,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ep  # noqa: E402
 import grpo  # noqa: E402
 import sft  # noqa: E402
-from common import (cleanup_distributed, full_params, load_checkpoint, load_resumable, model_state_dict,  # noqa: E402
-                    optimizer_state_dict, setup_distributed, unwrap, wrap_model)
+from checkpoint import load_checkpoint, load_resumable  # noqa: E402
+from common import (cleanup_distributed, full_params, model_state_dict, optimizer_state_dict,  # noqa: E402
+                    setup_distributed, unwrap, wrap_model)
 from model import ModelArgs, Transformer  # noqa: E402
 from sample import generate  # noqa: E402
 

@@ -18,7 +18,8 @@ import torch
 
 import model
 import train_pipeline as tp
-from common import CheckpointError, load_checkpoint, run_cli, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
+from common import CheckpointError, run_cli
 
 MICRO = os.path.join(tp.ROOT, "configs", "micro.json")
 

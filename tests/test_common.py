@@ -1,5 +1,5 @@
-"""common.py: atomic checkpoints and their errors, RNG round trips, metrics JSONL + plots, and data-parallel
-training (DDP and FSDP2 over gloo, 2 processes) matching one process on the same global batch.
+"""common.py and checkpoint.py: atomic checkpoints and their errors, RNG round trips, metrics JSONL + plots, and
+data-parallel training (DDP and FSDP2 over gloo, 2 processes) matching one process on the same global batch.
 
     python -m pytest -q tests/test_common.py
 """
@@ -16,10 +16,10 @@ import torch
 import torch.distributed as tdist
 import torch.nn as nn
 
-from common import (CheckpointError, Dist, MetricsLogger, all_reduce_mean, autocast, build_model_from_checkpoint,
-                    cpu_has_bf16, get_peak_flops, get_rng_state, load_checkpoint, plot_metrics, print0, read_metrics,
-                    save_checkpoint, save_model, set_rng_state, set_seed, setup_distributed, unwrap, uses_bf16,
-                    wrap_model)
+from checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint, save_model
+from common import (CheckpointError, Dist, MetricsLogger, all_reduce_mean, autocast, cpu_has_bf16, get_peak_flops,
+                    get_rng_state, plot_metrics, print0, read_metrics, set_rng_state, set_seed, setup_distributed,
+                    unwrap, uses_bf16, wrap_model)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

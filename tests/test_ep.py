@@ -14,7 +14,8 @@ import sys
 import pytest
 import torch
 
-from common import Dist, build_model_from_checkpoint, load_checkpoint, read_metrics
+from checkpoint import build_model_from_checkpoint, load_checkpoint
+from common import Dist, read_metrics
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)

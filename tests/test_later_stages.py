@@ -1,4 +1,4 @@
-"""The later stages' measurement (issue 13): all-scenario RL's reward table, the general format and language terms,
+"""The later stages' measurement: all-scenario RL's reward table, the general format and language terms,
 reward parts averaged over the rows they apply to, the report's interval-worded claims and the plots' axes.
 
     python -m pytest -q tests/test_later_stages.py

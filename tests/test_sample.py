@@ -207,7 +207,7 @@ def test_cli_streams_one_completion_and_prints_several(tmp_path, capsys):
     from dataclasses import asdict
 
     import tokenizer
-    from common import save_checkpoint
+    from checkpoint import save_checkpoint
     tok = tokenizer.get_tokenizer("toy")
     m = tiny_model(vocab_size=tok.vocab_size)
     path = tmp_path / "model.pt"

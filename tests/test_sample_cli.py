@@ -18,7 +18,8 @@ import torch
 import data
 import sample
 import tokenizer
-from common import run_cli, save_checkpoint
+from checkpoint import save_checkpoint
+from common import run_cli
 from model import ModelArgs, Transformer
 from sample import generate
 
@@ -40,7 +41,7 @@ def tiny_model(seed=0):
 
 
 def save_run_model(folder, model, **extra):
-    """model.pt as the pipeline writes it (common.save_model's entries) into folder, which names the stage."""
+    """model.pt as the pipeline writes it (checkpoint.save_model's entries) into folder, which names the stage."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "model.pt")
     save_checkpoint(path, {"model": model.state_dict(), "model_args": asdict(model.args), "step": 1,

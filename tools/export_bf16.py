@@ -15,7 +15,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import load_checkpoint, run_cli  # noqa: E402
+from checkpoint import load_checkpoint  # noqa: E402
+from common import run_cli  # noqa: E402
 
 
 def export(src: str, dst: str) -> int:
