@@ -131,22 +131,22 @@ def load_stage_model(cfg, stage, device):
     return build_model_from_checkpoint(path, device)[0].train()
 
 
-# --init PATH (main sets it): the stage starts from this model instead of its predecessor's, and it is also the KL
-# reference of an RL stage. A minR1 model.pt or a Hugging Face DeepseekV3/V2 directory (hf.py).
-INIT = {"path": None}
+# --init PATH (main puts it in cfg["init"], which config.json then records): the stage starts from this model instead
+# of its predecessor's, and it is also the KL reference of an RL stage. A minR1 model.pt or a Hugging Face
+# DeepseekV3/V2 directory (hf.py).
 INIT_STAGES = ("zero", "cold_start", "reasoning_rl", "rejection_sft", "all_rl")
 
 
 def load_init_model(cfg, init, device):
     """The model a stage trains from: stage `init`'s, or the --init one (its shapes from its checkpoint, the training
     knobs hf.TRAINING_KNOBS, e.g. bias_update_speed, from the config's model section)."""
-    if INIT["path"] is None:
+    if not cfg.get("init"):
         return load_stage_model(cfg, init, device)
     import hf
-    model = hf.load_init(INIT["path"], {k: cfg["model"][k] for k in hf.TRAINING_KNOBS if k in cfg["model"]})
+    model = hf.load_init(cfg["init"], {k: cfg["model"][k] for k in hf.TRAINING_KNOBS if k in cfg["model"]})
     vocab = get_tokenizer(cfg["tokenizer"]).vocab_size
     if model.args.vocab_size < vocab:
-        raise SystemExit(f"error: --init {INIT['path']}: the model has {model.args.vocab_size} token embeddings, "
+        raise SystemExit(f"error: --init {cfg['init']}: the model has {model.args.vocab_size} token embeddings, "
                          f"fewer than the tokenizer '{cfg['tokenizer']}' has tokens ({vocab}); pick its tokenizer")
     return model.to(device)
 
@@ -414,7 +414,7 @@ def stage_zero(cfg, args, dist):
     """R1-Zero (R1 §2.2): GRPO straight from the base model, the R1-Zero template (R1 Table 1) and rule rewards
     only: Reward_rule = Reward_acc + Reward_format, equal weights (R1 §2.2.2). Nothing rewards length or
     particular words: if responses grow longer or reflective words appear, RL found them useful."""
-    if INIT["path"] is None and not os.path.exists(os.path.join(stage_dir(cfg, "pretrain"), "model.pt")):
+    if not cfg.get("init") and not os.path.exists(os.path.join(stage_dir(cfg, "pretrain"), "model.pt")):
         print0(f"no pretrain checkpoint for '{cfg['name']}': building it first")
         stage_pretrain(cfg, argparse.Namespace(**{**vars(args), "resume": False}), dist)
     reward = {"accuracy": (accuracy_reward, 1.0), "format": (format_reward, 1.0)}
@@ -678,14 +678,14 @@ def main(argv=None):
     else:
         check_name(cfg["name"], f"config '{args.config}': name")
     INVOCATION.update(config=args.config, name=args.name)
-    INIT["path"] = None
+    cfg.pop("init", None)
     if args.init:
         if args.stage not in INIT_STAGES:
             raise SystemExit(f"error: --init applies to one stage that starts from a model "
                              f"({', '.join(INIT_STAGES)}), not to --stage {args.stage}")
         if not os.path.exists(args.init):
             raise SystemExit(f"error: --init {args.init}: no such file or directory")
-        INIT["path"] = cfg["init"] = args.init     # config.json records where the weights came from
+        cfg["init"] = args.init     # config.json records where the weights came from
     if cfg.get("sandbox_allow_unisolated"):   # sandbox.run_code reads it; without it, code is refused there
         os.environ["MINR1_ALLOW_UNISOLATED"] = "1"
         print0("warning: sandbox_allow_unisolated: model-written code runs even where the sandbox gets no "

@@ -277,11 +277,8 @@ def test_zero_stage_starts_from_an_imported_hf_checkpoint(tmp_path):
                     n_layers=2)
     start = minr1_model(args)
     hf.export_hf(start, args, str(tmp_path / "hf"))
-    try:
-        tp.main(["--stage", "zero", "--config", micro, "--name", "t", "--runs_dir", str(tmp_path / "runs"),
-                 "--init", str(tmp_path / "hf"), "--zero.steps", "1", "--eval.n_per_set", "1"])
-    finally:
-        tp.INIT["path"] = None
+    tp.main(["--stage", "zero", "--config", micro, "--name", "t", "--runs_dir", str(tmp_path / "runs"),
+             "--init", str(tmp_path / "hf"), "--zero.steps", "1", "--eval.n_per_set", "1"])
     d = tmp_path / "runs" / "t"
     ck = torch.load(d / "zero" / "model.pt", weights_only=True)
     assert ModelArgs(**ck["model_args"]) == args and not (d / "pretrain").exists()
@@ -298,7 +295,6 @@ def test_zero_stage_starts_from_an_imported_hf_checkpoint(tmp_path):
     with pytest.raises(SystemExit, match="--init applies to one stage"):
         tp.main(["--stage", "pretrain", "--config", micro, "--runs_dir", str(tmp_path / "runs"), "--init",
                  str(tmp_path / "hf")])
-    assert tp.INIT["path"] is None
 
 
 def test_fused_state_dict_loads_into_transformers_modules():
