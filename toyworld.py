@@ -315,10 +315,7 @@ def _near_miss(ans: str, rng) -> str:
 # A worked solution is a written depth-first search (cd_search): the pairs in the order the prompt gives the
 # numbers, each pair's moves in a fixed order (x+y, x*y, big-small, big/small), then toward the target with the
 # remaining numbers (a closeness heuristic: below the target add or multiply, at or above it subtract or divide).
-# Every try is computed and compared with the target ("try 3*5=15, 15+7=22, need 24, no."), one last move per try,
-# so the verdict always sits right after the value it judges and the restated target: a small model compares two
-# numbers a few tokens apart (with all last moves in one try it had to notice a hit mid-try against a target written
-# far back, and missed about a third of the hits it computed: docs/toy_run_world2). A search gives up after
+# Every try is computed and compared with the target ("try 3*5=15, 15+7=22, need 24, no."). A search gives up after
 # each failed try with probability P_QUIT (a budget: "so maybe (3*5)+7." is then a wrong answer), so how long the
 # model searches decides whether it gets there. A careful search (P_CD_CHECK) checks a hit by the inverse
 # operation; a search may claim a hit it did not compute (writing the target for a step's value, the slip a
@@ -329,7 +326,7 @@ def _near_miss(ans: str, rng) -> str:
 # pattern a policy could apply without searching solves more than ~10% of the problems.
 CD_NUMS = {1: 3, 2: 4}   # how many numbers a problem gives
 CD_MAX = 9            # the numbers are 1..CD_MAX: every first move is a fact of the times table
-P_QUIT = 0.15         # after each failed try, the written search gives up with this probability (~60% give up)
+P_QUIT = 0.3          # after each failed try, the written search gives up with this probability
 P_CD_CHECK = 0.5      # share of careful searches: a claimed hit is checked by the inverse operation
 P_FALSE_HIT = 0.15    # share of searches that claim a hit they did not compute (at a random failed try)
 
@@ -380,10 +377,11 @@ def cd_search(nums, t) -> list:
                     e, op, v = min(_cd_toward(v, r, t), key=lambda m: abs(m[2] - t))
                     steps.append((e, v))
                     expr = f"({expr}{op}{r})"
-                for e, op, w in _cd_toward(v, rest[-1], t):    # one try per last move: its verdict follows it
-                    tries.append((steps + [(e, w)], f"{expr}{op}{rest[-1]}", w == t, (nums[i], nums[j], *rest)))
+                for e, op, w in _cd_toward(v, rest[-1], t):
+                    steps.append((e, w))
                     if w == t:
                         break
+                tries.append((steps, f"{expr}{op}{rest[-1]}", steps[-1][1] == t, (nums[i], nums[j], *rest)))
     return tries
 
 
