@@ -190,6 +190,24 @@ def test_every_try_is_computed_and_compared_with_the_target():
         assert meta["correct"] == (toyworld.countdown_ok(ans, t["nums"], t["target"]))
 
 
+def test_the_verdict_audit_finds_no_misjudged_try_in_the_corpus():
+    """tools/countdown_verdicts.py on the corpus's own searches: every "yes" follows the target and every "no" a
+    miss, no hit is written past, and wrong step values are rarer than hits (only a claimed hit writes one); on a
+    hand-made sample it counts each kind of mistake once."""
+    from tools.countdown_verdicts import audit
+    rows = [{"set": "countdown", "completion": text} for text, *_ in _solutions("countdown", 1, 400)]
+    c = audit(rows)
+    assert c["tries"] > 400 and c["'yes' after the target"] > 50
+    assert c["'yes' after a miss"] == c["'no' after the target"] == c["a hit written past"] == 0
+    # wrong values only where a hit is claimed (test_every_try_is_computed_and_compared_with_the_target pins which)
+    assert 0 < c["wrong step values"] < c["'yes' after the target"]
+    made = ("6, 6, 1 -> 11. try 6+6=12, 12-1=11, 12/1=12, need 11, no. try 6*6=36, 36-1=34, need 11, no. "
+            "try 6+1=7, 7*6=42, need 11, yes. try 6+6=12, 12-1=11, need 11, yes.")
+    assert audit([{"set": "countdown", "completion": made}]) == Counter(
+        {"tries": 4, "'no' after a miss": 2, "a hit written past": 1, "wrong step values": 1,
+         "'yes' after a miss": 1, "'yes' after the target": 1})
+
+
 def test_a_search_ends_at_a_hit_or_gives_up_at_its_budget():
     ends = Counter()
     for text, ans, meta, t in _solutions("countdown", 1, 600):

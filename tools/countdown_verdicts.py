@@ -4,7 +4,8 @@
 
 For every written try ("try 6+6=12, 12-1=11, need 11, no.") it compares the try's last value with the target
 restated at the start of the search ("6, 6, 1 -> 11."), and counts: verdicts by whether that value is the target,
-tries in which an earlier value already was the target (a hit written past), and steps whose arithmetic is wrong.
+tries in which an earlier last move (one that used every number) already reached the target (a hit written past),
+and steps whose arithmetic is wrong.
 """
 import json
 import re
@@ -24,17 +25,18 @@ def audit(rows) -> Counter:
     for r in rows:
         if r.get("set") != "countdown":
             continue
-        head = re.search(r"-> (\d+)\.", r.get("completion", ""))
+        head = re.search(r"((?:\d+, )+\d+) -> (\d+)\.", r.get("completion", ""))
         if not head:
             continue
-        target = int(head.group(1))
+        n_nums, target = head.group(1).count(",") + 1, int(head.group(2))
         for tr in TRY.finditer(r["completion"]):
             steps = [(int(a), op, int(b), int(v)) for a, op, b, v in STEP.findall(tr.group(1))]
             if not steps:
                 continue
             c["tries"] += 1
             c[f"'{tr.group(3)}' after the target" if steps[-1][3] == target else f"'{tr.group(3)}' after a miss"] += 1
-            c["a hit written past"] += any(v == target for *_, v in steps[:-1]) and len(steps) > 2
+            # the steps from the (n-1)th on are last moves (all numbers used): one of them at the target, then more
+            c["a hit written past"] += any(v == target for *_, v in steps[n_nums - 2:-1])
             c["wrong step values"] += sum(true_value(a, op, b) != v for a, op, b, v in steps)
     return c
 
