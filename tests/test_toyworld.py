@@ -2,6 +2,7 @@
 
     python -m pytest -q tests/test_toyworld.py
 """
+import os
 import random
 import re
 from collections import Counter
@@ -206,6 +207,19 @@ def test_the_verdict_audit_finds_no_misjudged_try_in_the_corpus():
     assert audit([{"set": "countdown", "completion": made}]) == Counter(
         {"tries": 4, "'no' after a miss": 2, "a hit written past": 1, "wrong step values": 1,
          "'yes' after a miss": 1, "'yes' after the target": 1})
+
+
+def test_teacher_forced_verdicts_of_the_shipped_models():
+    """tools/countdown_verdicts.py --model on the shipped bf16 models: every verdict of the world's own searches is
+    asked once, and the README's reading holds: the base rarely says yes even at a hit, R1-Zero says it more often
+    at a hit than at a miss."""
+    from tools.countdown_verdicts import teacher_forced
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    base = teacher_forced(os.path.join(root, "docs", "toy_run", "pretrain", "model.pt"), n_problems=40)
+    zero = teacher_forced(os.path.join(root, "docs", "toy_run", "zero", "model.pt"), n_problems=40)
+    assert base["hit"][0] == zero["hit"][0] > 5 and base["miss"][0] == zero["miss"][0] > 50
+    assert base["hit"][2] < 0.5 and base["miss"][2] < 0.1
+    assert zero["hit"][1] > zero["miss"][1] + 0.1
 
 
 def test_a_search_ends_at_a_hit_or_gives_up_at_its_budget():
