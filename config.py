@@ -169,6 +169,7 @@ RULES = {
     "kl_estimator": OneOf(("k1", "k2", "k3", "k3+")), "eps_low": NONNEG, "eps_high": NONNEG,
     "loss_agg": OneOf(("grpo", "dr_grpo", "dapo")), "dr_grpo_constant": COUNT0, "scale_rewards": OneOf(("group", "none")),
     "adv_eps": POSITIVE, "dynamic_sampling": BOOL, "mask_truncated": BOOL, "recompute_old": BOOL,
+    "compile_decode": BOOL,
     "ref_update_every": COUNT0, "eval_every": COUNT, "n_general": COUNT0, "n_safety": COUNT0, "general_steps": COUNT0,
     # evaluation
     "sets": Kind(list_of=True, choices=_TASK_KINDS), "n_per_set": COUNT, "n_during": COUNT, "k": COUNT,

@@ -17,7 +17,7 @@ signatures are the contract. The ops:
                        vocabulary chunks (a chunked torch Function on CPU, a Triton kernel on CUDA)
   5. grpo_token_loss   the GRPO per-token loss (R1 eq. 1-3) fused with op 4
   6. attention         causal flash attention with qk head dim != v head dim (MLA: 192 vs 128), LSE saved
-  7. mla_decode        one-token decode attention over the latent cache (absorbed MLA)
+  7. mla_decode        one-token decode attention over the latent cache rows [c_kv ; k_R] (absorbed MLA)
   8. moe_ffn           MoE routing metadata, permute / unpermute, grouped GEMMs for the SwiGLU experts (on CPU:
                        torch._grouped_mm, one call per projection for all experts, instead of the reference's loop)
 
@@ -553,6 +553,9 @@ def token_logprobs(logits, targets, with_entropy: bool = False):
     _check_logprob_args(logits, targets)
     if use_triton(logits) and logits.numel() > 0:
         return _TokenLogprobsTriton.apply(logits, targets, with_entropy)
+    if logits.numel() <= _LOGP_TILE and not (logits.requires_grad and torch.is_grad_enabled()):
+        return token_logprobs_ref(logits, targets, with_entropy)   # a decode step's logits: one tile, nothing kept
+        # for backward, so the plain form has the same bound and saves the Function's ~0.2 ms per call
     return _token_logprobs_chunked(logits, targets, with_entropy)
 
 
@@ -895,17 +898,18 @@ def attention(q, k, v, scale: float, causal: bool = True):
 
 # ================================================================================================================
 # 7. MLA decode attention over the latent cache (absorbed form, V3 eq. 1-11 with W_uk / W_uv folded out).
-def mla_decode_ref(q_lat, q_pe, kv_cache, pe_cache, lengths, scale: float):
+def mla_decode_ref(q_lat, q_pe, cache, lengths, scale: float):
     """One query token per row.
     q_lat (B, H, C): q_nope already multiplied by W_uk (C = kv_lora_rank); q_pe (B, H, R): roped query part;
-    kv_cache (B, S, C): normed c_kv; pe_cache (B, S, R): roped k_R; lengths (B,): keys [0, lengths[b]) are valid.
-    -> (B, H, C): softmax-weighted sum of c_kv (the caller applies W_uv then W_o)."""
-    s = (torch.einsum("bhc,bsc->bhs", q_lat.float(), kv_cache.float())
-         + torch.einsum("bhr,bsr->bhs", q_pe.float(), pe_cache.float())) * scale
-    valid = torch.arange(kv_cache.shape[1], device=s.device)[None, :] < lengths[:, None]   # (B, S)
+    cache (B, S, C + R): each token's [normed c_kv ; roped k_R] in one row (FlashMLA's layout); lengths (B,): keys
+    [0, lengths[b]) are valid. -> (B, H, C): softmax-weighted sum of c_kv (the caller applies W_uv then W_o).
+    With query and key each one concatenated row, q_lat . c_kv + q_pe . k_R is a single matrix product."""
+    C = q_lat.shape[-1]
+    kv = cache.float()
+    s = torch.cat([q_lat, q_pe], dim=-1).float() @ kv.transpose(1, 2) * scale           # (B, H, S)
+    valid = torch.arange(cache.shape[1], device=s.device)[None, :] < lengths[:, None]   # (B, S)
     s = s.masked_fill(~valid[:, None, :], float("-inf"))
-    p = torch.softmax(s, dim=-1)
-    return torch.einsum("bhs,bsc->bhc", p, kv_cache.float()).to(q_lat.dtype)
+    return (torch.softmax(s, dim=-1) @ kv[..., :C]).to(q_lat.dtype)                    # (B, H, C)
 
 
 @_kernel
@@ -947,19 +951,19 @@ def _mla_decode_kernel(QL, QP, KV, PE, LENS, O, scale, H, S, C, R,
              mask=(h < H)[:, None] & (c < C)[None, :])
 
 
-def mla_decode(q_lat, q_pe, kv_cache, pe_cache, lengths, scale: float):
+def mla_decode(q_lat, q_pe, cache, lengths, scale: float):
     B, H, C = q_lat.shape
-    if q_pe.shape[:2] != (B, H) or kv_cache.shape[0] != B or kv_cache.shape[2] != C or \
-            pe_cache.shape[:2] != kv_cache.shape[:2] or pe_cache.shape[2] != q_pe.shape[2] or lengths.shape != (B,):
-        raise ValueError(f"mla_decode: want q_lat (B, H, C), q_pe (B, H, R), kv_cache (B, S, C), pe_cache (B, S, R),"
-                         f" lengths (B,); got {tuple(q_lat.shape)}, {tuple(q_pe.shape)}, {tuple(kv_cache.shape)}, "
-                         f"{tuple(pe_cache.shape)}, {tuple(lengths.shape)}")
+    R = q_pe.shape[-1]
+    if q_pe.shape[:2] != (B, H) or cache.dim() != 3 or cache.shape[0] != B or cache.shape[2] != C + R or \
+            lengths.shape != (B,):
+        raise ValueError(f"mla_decode: want q_lat (B, H, C), q_pe (B, H, R), cache (B, S, C + R), lengths (B,); "
+                         f"got {tuple(q_lat.shape)}, {tuple(q_pe.shape)}, {tuple(cache.shape)}, {tuple(lengths.shape)}")
     if not (use_triton(q_lat) and q_lat.numel() > 0):
-        return mla_decode_ref(q_lat, q_pe, kv_cache, pe_cache, lengths, scale)
+        return mla_decode_ref(q_lat, q_pe, cache, lengths, scale)
     _jit_ready()
-    S, R = kv_cache.shape[1], q_pe.shape[2]
-    q_lat, q_pe, kv_cache, pe_cache = (t if t.stride(-1) == 1 else t.contiguous()
-                                       for t in (q_lat, q_pe, kv_cache, pe_cache))
+    S = cache.shape[1]
+    q_lat, q_pe, cache = (t if t.stride(-1) == 1 else t.contiguous() for t in (q_lat, q_pe, cache))
+    kv_cache, pe_cache = cache[..., :C], cache[..., C:]                # views: the kernel reads them by strides
     out = torch.empty(B, H, C, dtype=q_lat.dtype, device=q_lat.device)
     # CUDA: 16 heads x 32 keys, 8 warps: no register spills at C = 512 in bf16 or fp32 (sm_90 build, see _ATTN_CFG)
     BLOCK_H = min(_pow2(H), 64 if _interpreting() else 16)

@@ -247,23 +247,23 @@ class MLA(nn.Module):
             v_cache[rows, positions] = v
             return self.wo(self._attend(q, k_cache[:, :S], v_cache[:, :S], positions, prefix).flatten(2))
 
-        kv_cache, pe_cache = cache.a[layer], cache.b[layer]                       # (B, max_len, C), (B, max_len, R)
-        kv_cache[rows, positions] = c_kv                                          # only the latents are cached
-        pe_cache[rows, positions] = k_pe
+        C = self.kv_lora_rank
+        latent = cache.a[layer]                                                   # (B, max_len, C + R)
+        latent[rows, positions] = torch.cat([c_kv, k_pe], dim=-1)                 # only [c_kv ; k_R] is cached
         if T > 1:
             # Several queries per row (a prompt's prefill): up-project the cached latents to per-head k, v once
             # and attend as in training. With T queries sharing S keys this is cheaper than the absorbed form
             # (scores over N + R = 192 dims instead of C + R = 576 for V3), and keeps the kernel's head dims small.
             q = torch.cat([q_nope, q_pe], dim=-1)                                 # (B, T, H, N + R)
-            k, v = self._per_head_kv(kv_cache[:, :S], pe_cache[:, :S])            # (B, S, H, N + R), (B, S, H, V)
+            k, v = self._per_head_kv(latent[:, :S, :C], latent[:, :S, C:])       # (B, S, H, N + R), (B, S, H, V)
             return self.wo(self._attend(q, k, v, positions, prefix).flatten(2))
         # One query per row: absorb. score_h(s) = q_nope_h . (W_uk_h c_s) + q_pe_h . k_pe_s
         #                                       = (W_uk_h^T q_nope_h) . c_s  + q_pe_h . k_pe_s
         w = self.wkv_b.weight.view(self.n_heads, self.nope + self.v_dim, self.kv_lora_rank)
         w_uk, w_uv = w[:, :self.nope], w[:, self.nope:]                           # (H, N, C), (H, V, C)
         q_lat = torch.einsum("bhn,hnc->bhc", q_nope[:, 0], w_uk)                  # W_uk absorbed into the query
-        o_lat = kernels.mla_decode(q_lat, q_pe[:, 0], kv_cache[:, :S], pe_cache[:, :S],
-                                   positions[:, 0] + 1, self.softmax_scale)       # (B, H, C): weights over c_kv
+        o_lat = kernels.mla_decode(q_lat, q_pe[:, 0], latent[:, :S], positions[:, 0] + 1,
+                                   self.softmax_scale)                            # (B, H, C): weights over c_kv
         o = torch.einsum("bhc,hvc->bhv", o_lat, w_uv)                             # W_uv absorbed into the output
         return self.wo(o.flatten(1))[:, None]                                     # eq. 11: (B, 1, D)
 
@@ -432,7 +432,8 @@ class MTP(nn.Module):
 class KVCache:
     """Preallocated decode cache, one pair of tensors per layer, written in place (cache index = position).
 
-    absorbed: a = c_kv (B, max_len, C), b = k_pe (B, max_len, R)              -> C + R numbers / token / layer
+    absorbed: a = [c_kv ; k_pe] (B, max_len, C + R), one row per token       -> C + R numbers / token / layer
+              (FlashMLA's layout: the query [q_lat ; q_pe] meets it in one product), b unused (empty)
     naive:    a = k (B, max_len, H, N + R), b = v (B, max_len, H, V)          -> H (N + R + V) numbers
     """
     def __init__(self, args: ModelArgs, batch_size: int, max_len: int, mode: str, device, dtype):
@@ -443,12 +444,12 @@ class KVCache:
         self.mode, self.batch_size, self.max_len = mode, batch_size, max_len
         H, C, R = args.n_heads, args.kv_lora_rank, args.qk_rope_head_dim
         if mode == "absorbed":
-            shape_a, shape_b = (batch_size, max_len, C), (batch_size, max_len, R)
+            shape_a, shape_b = (batch_size, max_len, C + R), None
         else:
             shape_a = (batch_size, max_len, H, args.qk_nope_head_dim + R)
             shape_b = (batch_size, max_len, H, args.v_head_dim)
         self.a = [torch.zeros(shape_a, device=device, dtype=dtype) for _ in range(args.n_layers)]
-        self.b = [torch.zeros(shape_b, device=device, dtype=dtype) for _ in range(args.n_layers)]
+        self.b = [torch.zeros(shape_b, device=device, dtype=dtype) for _ in range(args.n_layers)] if shape_b else []
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.a + self.b)
@@ -458,6 +459,17 @@ class KVCache:
         self.a = [t[rows] for t in self.a]
         self.b = [t[rows] for t in self.b]
         self.batch_size = self.a[0].shape[0]
+
+
+@functools.cache
+def _compiled_decode():
+    """Transformer._decode through torch.compile, for one-token steps (decode(compiled=True)). A small batch's step
+    is a few hundred tiny ops whose dispatch, not their FLOPs, is most of its time on a CPU; the compiled step
+    fuses the elementwise ones into generated loops. Compiled on first use (~30 s for the toy on 2 CPU cores),
+    with dynamic shapes, so later batch sizes and cache lengths reuse it; the model is an argument, so models of
+    one architecture share it. Not bit-identical to the eager step (fused sums round differently): the logits
+    agree to ~1e-5 (tests/test_sample.py)."""
+    return torch.compile(Transformer._decode, dynamic=True)
 
 
 def _count_once(block):
@@ -577,10 +589,11 @@ class Transformer(nn.Module):
         return KVCache(self.args, batch_size, max_len, mode, w.device, w.dtype)
 
     @torch.no_grad()
-    def decode(self, tokens, positions, cache: KVCache):
+    def decode(self, tokens, positions, cache: KVCache, compiled: bool = False):
         """tokens, positions (B, T) long -> logits (B, T, vocab) fp32. Writes the cache at `positions` (cache
         index = position) and lets the token at position p attend to cache slots 0..p of its row. A prompt is
-        prefilled with positions 0..L-1 (T = L), then one token per row per call at per-row positions."""
+        prefilled with positions 0..L-1 (T = L), then one token per row per call at per-row positions.
+        compiled: run one-token steps (T = 1, B > 1, absorbed cache) through torch.compile (_compiled_decode)."""
         self._check_tokens(tokens)
         if positions.shape != tokens.shape:
             raise ValueError(f"positions {tuple(positions.shape)} must have the shape of tokens {tuple(tokens.shape)}")
@@ -594,6 +607,12 @@ class Transformer(nn.Module):
         prefix = False   # every row at the same positions S-T..S-1: a plain causal mask is exact
         if T > 1 or cache.mode == "naive":
             prefix = bool((positions == torch.arange(S - T, S, device=positions.device)).all())
+        # compiled: not for one row, which torch.compile would specialise (sizes 0 and 1) and compile again
+        if compiled and T == 1 and B > 1 and cache.mode == "absorbed":
+            return _compiled_decode()(self, tokens, positions, cache, S, prefix)
+        return self._decode(tokens, positions, cache, S, prefix)
+
+    def _decode(self, tokens, positions, cache: KVCache, S: int, prefix: bool):
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]             # (B, T, R/2)
         h = self.embed(tokens)
         for i, layer in enumerate(self.layers):

@@ -111,7 +111,7 @@ def sample_next(logits, temperature: float, top_p: float, top_k: int, generator=
 
 
 def generate(model, prompts, max_new_tokens, *, temperature=1.0, top_p=1.0, top_k=0, eos_id=None, pad_id=0,
-             seed=None, attn="absorbed", on_token=None, compact: bool = True) -> Generation:
+             seed=None, attn="absorbed", on_token=None, compact: bool = True, compiled: bool = False) -> Generation:
     """Sample up to max_new_tokens after each prompt (lists of token ids, any lengths) with the KV cache.
 
     eos_id: an int or a list of ints that end a row (the EOS is kept, counted in lengths). seed: a private
@@ -121,6 +121,8 @@ def generate(model, prompts, max_new_tokens, *, temperature=1.0, top_p=1.0, top_
     Speed without changing a token: identical prompts (a GRPO group) are prefilled once and their cache copied
     (_prefill); with compact, rows that have ended leave the decode batch (once a quarter of it has ended), and
     each row draws its own random numbers, so its tokens are the same whichever rows decode beside it.
+    compiled: one-token steps through torch.compile (Transformer.decode; the first call compiles for ~30 s on a
+    CPU; logits within ~1e-5 of the eager step's, so a token can differ where two are that close).
     """
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
         raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {temperature}, {top_p}, {top_k}")
@@ -165,7 +167,7 @@ def generate(model, prompts, max_new_tokens, *, temperature=1.0, top_p=1.0, top_
                 if compact and 4 * int((~keep).sum()) >= len(rows):  # drop finished rows from the batch
                     rows, tok, pos = rows[keep], tok[keep], pos[keep]
                     cache.select(keep)
-                logits = model.decode(tok[:, None], pos[:, None], cache)[:, 0]   # (rows, vocab)
+                logits = model.decode(tok[:, None], pos[:, None], cache, compiled)[:, 0]   # (rows, vocab)
                 pos += 1
     finally:
         model.train(was_training)

@@ -8,12 +8,14 @@
   decode  sample.generate against transformers' DeepseekV3ForCausalLM.generate (its default dynamic cache, sdpa
           attention), the same weights (exported by hf.export_hf), greedy, a 32-token prompt + 256 new tokens (no
           EOS), batch 1 / 16 / 64. The greedy tokens of the two must be identical (counted per batch; exit 1 if not).
+          minR1 runs twice: eager, and with its one-token step through torch.compile (generate(compiled=True),
+          compiled once before timing; the compile time is printed).
   grpo    one GRPO step of grpo.grpo_step against TRL's GRPOTrainer (one trainer step, max_steps 1), equal work: 8
           prompts x G 8, exactly 128 completion tokens each (no EOS: minR1 samples without one, TRL with
           min_new_tokens = 128), the same reward function on the same decoded text, beta 0.001 with k3 (TRL's
           KL), loss_type grpo, scale_rewards group, mu 1, one optimizer step, temperature 1, fp32. Phases: TRL's
           from timers around its _generate, _calculate_rewards and the no-grad logprob passes; the update is the
-          rest of the step. minR1's from grpo_step's own metrics.
+          rest of the step. minR1's from grpo_step's own metrics; minR1 runs eager and with compile_decode.
   train   the toy MoE (training step of bench/train.py: forward, backward, AdamW, bias update) against a dense
           nanoGPT-style GPT (pre-LayerNorm, GELU MLP 4d, SDPA causal attention, untied head) sized to the same
           training FLOPs per token by model.counters' formula (6 x matmul params + attention), batch 16 x 384,
@@ -25,6 +27,7 @@ ties and the token comparison means something). Timings are wall clock at --thre
 """
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 import tempfile
@@ -91,16 +94,19 @@ def bench_decode(a, model, hf_dir):
     gen = torch.Generator().manual_seed(1)
     warm = torch.randint(1, V, (2, P), generator=gen)
     generate(model, warm.tolist(), 4, temperature=0.0)              # warm-up: allocations, first-call costs
+    t0 = time.perf_counter()
+    generate(model, warm.tolist(), 4, temperature=0.0, compiled=True)   # ... and torch.compile's one compilation
+    print(f"compiling minR1's decode step: {time.perf_counter() - t0:.0f} s (once per process)", flush=True)
     with torch.no_grad():
         theirs.generate(warm, max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=0,
                         attention_mask=torch.ones_like(warm))
-    rows = ["| batch | minR1 tok/s | HF generate tok/s | minR1 / HF | identical greedy rows |",
-            "|---:|---:|---:|---:|---:|"]
+    rows = ["| batch | minR1 tok/s | minR1 compiled tok/s | HF generate tok/s | minR1 / HF | compiled / HF | "
+            "identical greedy rows (minR1, compiled) |", "|---:|---:|---:|---:|---:|---:|---:|"]
     for B in a.batches:
         prompts = torch.randint(1, V, (B, P), generator=gen)        # distinct rows: no shared-prefix shortcut
-        ours_t, theirs_t, same = [], [], None
-        def run_ours(prompts=prompts):
-            return generate(model, prompts.tolist(), N, temperature=0.0)
+        ours_t, comp_t, theirs_t, same = [], [], [], None
+        def run_ours(prompts=prompts, compiled=False):
+            return generate(model, prompts.tolist(), N, temperature=0.0, compiled=compiled)
 
         @torch.no_grad()
         def run_theirs(prompts=prompts):
@@ -110,13 +116,17 @@ def bench_decode(a, model, hf_dir):
         for _ in range(a.repeats):                                  # interleaved
             t, ours = timed(run_ours)
             ours_t.append(t)
+            t, comp = timed(lambda: run_ours(compiled=True))
+            comp_t.append(t)
             t, out = timed(run_theirs)
             theirs_t.append(t)
-            same = int((out[:, P:] == ours.tokens).all(1).sum())
-        if same != B:
-            PROBLEMS.append(f"decode batch {B}: only {same}/{B} greedy rows identical to HF generate's")
-        to, th = median(ours_t), median(theirs_t)
-        rows.append(f"| {B} | {B * N / to:,.0f} | {B * N / th:,.0f} | {th / to:.2f}x | {same}/{B} |")
+            same = [int((out[:, P:] == g.tokens).all(1).sum()) for g in (ours, comp)]
+        if same != [B, B]:
+            PROBLEMS.append(f"decode batch {B}: only {same[0]}/{B} (eager) and {same[1]}/{B} (compiled) greedy rows "
+                            "identical to HF generate's")
+        to, tc, th = median(ours_t), median(comp_t), median(theirs_t)
+        rows.append(f"| {B} | {B * N / to:,.0f} | {B * N / tc:,.0f} | {B * N / th:,.0f} | {th / to:.2f}x | "
+                    f"{th / tc:.2f}x | {same[0]}/{B}, {same[1]}/{B} |")
         print(rows[-1], flush=True)
     return [f"## decode: {P}-token prompt + {N} new tokens, greedy, fp32, median of {a.repeats}", ""] + rows
 
@@ -230,35 +240,40 @@ def bench_grpo(a, model, hf_dir):
             PROBLEMS.append(f"TRL completions of mean length {lengths}, not the fixed {N}")
         return {k: times.get(k, 0.0) for k in ("step", "generate", "reward", "logprobs")}
 
-    def minr1_step(step):
-        return grpo.grpo_step(policy, ref, opt, tasks, even_reward, tok, cfg, step=step,
-                              prompt_fn=lambda t: t["prompt"])
-
-    minr1_step(100), trl_step()                                     # warm-up: first-call costs on both sides
-    ours, peer = [], []
-    for r in range(a.repeats):                                      # interleaved
-        m = minr1_step(r)
+    def minr1_step(step, compiled=False):
+        c = dataclasses.replace(cfg, compile_decode=compiled)
+        m = grpo.grpo_step(policy, ref, opt, tasks, even_reward, tok, c, step=step, prompt_fn=lambda t: t["prompt"])
         if m["response_length"] != N:
             PROBLEMS.append(f"minR1 rollout of mean length {m['response_length']}, not the fixed {N}")
-        ours.append({"step": m["step_time"], "generate": m["time_generate"], "reward": m["time_reward"],
-                     "logprobs": m.get("time_logprobs", 0.0)})
+        return {"step": m["step_time"], "generate": m["time_generate"], "reward": m["time_reward"],
+                "logprobs": m.get("time_logprobs", 0.0)}
+
+    minr1_step(100), minr1_step(101, True), trl_step()              # warm-up: first-call costs, torch.compile
+    ours, comp, peer = [], [], []
+    for r in range(a.repeats):                                      # interleaved
+        ours.append(minr1_step(r))
+        comp.append(minr1_step(r, True))
         peer.append(trl_step())
-        print(f"  repeat {r}: minR1 {ours[-1]['step']:.2f} s, TRL {peer[-1]['step']:.2f} s", flush=True)
+        print(f"  repeat {r}: minR1 {ours[-1]['step']:.2f} s, compiled decode {comp[-1]['step']:.2f} s, "
+              f"TRL {peer[-1]['step']:.2f} s", flush=True)
 
     def split(runs):
         med = {k: median([x[k] for x in runs]) for k in runs[0]}
         med["update"] = med["step"] - med["generate"] - med["reward"] - med["logprobs"]
         return med
 
-    o, t = split(ours), split(peer)
+    o, c, t = split(ours), split(comp), split(peer)
     rows = [f"## one GRPO step: {n_prompts} prompts x G {G} x {N} tokens (fixed), beta 0.001 k3, one optimizer step, "
             f"fp32, median of {a.repeats}", "",
-            "| phase | minR1 s | share | TRL GRPOTrainer s | share | TRL / minR1 |", "|---|---:|---:|---:|---:|---:|"]
+            "minR1 compiled: the same step with compile_decode (sampling through the torch.compile'd decode step; "
+            "compiled once, in the warm-up).", "",
+            "| phase | minR1 s | share | minR1 compiled s | share | TRL GRPOTrainer s | share | TRL / minR1 | "
+            "TRL / compiled |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for k, label in (("generate", "generation"), ("reward", "reward"), ("logprobs", "ref (+ old) logprobs"),
                      ("update", "update (fwd+bwd+opt)"), ("step", "whole step")):
-        rows.append(f"| {label} | {o[k]:.2f} | {100 * o[k] / o['step']:.0f}% | {t[k]:.2f} | "
-                    f"{100 * t[k] / t['step']:.0f}% | {t[k] / max(o[k], 1e-9):.2f}x |")
-    print("\n".join(rows[2:]), flush=True)
+        rows.append(f"| {label} | " + " | ".join(f"{x[k]:.2f} | {100 * x[k] / x['step']:.0f}%" for x in (o, c, t)) +
+                    f" | {t[k] / max(o[k], 1e-9):.2f}x | {t[k] / max(c[k], 1e-9):.2f}x |")
+    print("\n".join(rows[4:]), flush=True)
     return rows
 
 

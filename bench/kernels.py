@@ -152,7 +152,7 @@ def cases(device, dtype, quick):
     for B, S in ([(8, 2048)] if cpu else [(64, 1024), (64, 4096), (16, 16384)])[: 1 if quick else None]:
         H, C, R = (16 if cpu else 128), 512, 64
         add("mla_decode", f"B{B} S{S} H{H}", lambda B=B, S=S, H=H: (
-            rnd(B, H, C)(), rnd(B, H, R)(), rnd(B, S, C)(), rnd(B, S, R)(),
+            rnd(B, H, C)(), rnd(B, H, R)(), rnd(B, S, C + R)(),
             torch.full((B,), S, device=device), 0.07), 0,
             dict(triton=kernels.mla_decode, ref=kernels.mla_decode_ref), B * S * (C + R) * el, None, "GB/s")
     # 8. moe_ffn: 3 GEMMs of 2 N K D I flops forward, twice that backward

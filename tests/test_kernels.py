@@ -305,9 +305,13 @@ def test_attention_bad_shapes():
 @pytest.mark.parametrize("B,H,C,R,S,lengths", [(2, 16, 64, 16, 64, [64, 32]), (3, 5, 40, 12, 50, [1, 50, 33])],
                          ids=["nice", "weird"])
 def test_mla_decode(B, H, C, R, S, lengths):
-    args = (torch.randn(B, H, C), torch.randn(B, H, R), torch.randn(B, S, C), torch.randn(B, S, R),
-            torch.tensor(lengths), 0.1)
+    args = (torch.randn(B, H, C), torch.randn(B, H, R), torch.randn(B, S, C + R), torch.tensor(lengths), 0.1)
     torch.testing.assert_close(kernels.mla_decode(*args), kernels.mla_decode_ref(*args), **MM)
+    # the reference itself, against scores written out term by term (V3 eq. 10 with W_uk, W_uv absorbed)
+    q_lat, q_pe, cache, lens, scale = args
+    s = (torch.einsum("bhc,bsc->bhs", q_lat, cache[..., :C]) + torch.einsum("bhr,bsr->bhs", q_pe, cache[..., C:]))
+    s = s * scale + torch.where(torch.arange(S)[None, :] < lens[:, None], 0.0, float("-inf"))[:, None, :]
+    torch.testing.assert_close(kernels.mla_decode_ref(*args), torch.einsum("bhs,bsc->bhc", s.softmax(-1), cache[..., :C]))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -421,7 +425,7 @@ def test_kernels_compile_for_cuda(monkeypatch):
         sum(kernels.grpo_token_loss(logits, tg, z, z, z, 0.2, 0.28, 0.001)).sum().backward()
         kernels.attention(t(1, 130, 2, 192), t(1, 130, 2, 192), t(1, 130, 2, 128), 0.07).sum().backward()
         kernels.attention(t(1, 130, 2, 64), t(1, 130, 2, 64), t(1, 130, 2, 64), 0.1).sum().backward()
-        kernels.mla_decode(t(2, 128, 512), t(2, 128, 64), t(2, 300, 512), t(2, 300, 64), torch.tensor([3, 300]), 0.07)
+        kernels.mla_decode(t(2, 128, 512), t(2, 128, 64), t(2, 300, 576), torch.tensor([3, 300]), 0.07)
         idx = torch.randint(0, 256, (16, 8))                     # V3's 256 experts (the routing kernels' width)
         kernels.moe_ffn(t(16, 64), idx, t(16, 8), t(256, 64, 32), t(256, 64, 32), t(256, 32, 64)).sum().backward()
         idx = torch.randint(0, 8, (16, 8))                       # wide rows (dim 7168 -> 1024-wide row blocks)

@@ -111,6 +111,23 @@ def test_compaction_and_shared_prefill_change_no_token():
         assert torch.equal(greedy.tokens[b], generate(m, [p], 10, temperature=0).tokens[0])
 
 
+def test_compiled_decode_step_gives_the_eager_tokens():
+    """generate(compiled=True) runs the one-token steps through torch.compile: a speed-up only. With the same seed
+    it gives the eager tokens and lengths (rows end at different steps, so the batch shrinks: new shapes, no new
+    compilation), and logprobs within float rounding of the eager ones (fused sums round differently)."""
+    m = tiny_model(seed=5)
+    prompts = [PROMPTS[0]] * 3 + PROMPTS[1:]
+    free = generate(m, prompts, 12, temperature=1.0, seed=3)
+    eos = torch.mode(free.tokens.flatten()).values.item()
+    eager = generate(m, prompts, 12, temperature=1.0, seed=3, eos_id=eos)
+    comp = generate(m, prompts, 12, temperature=1.0, seed=3, eos_id=eos, compiled=True)
+    assert len(set(eager.lengths.tolist())) > 2
+    assert torch.equal(comp.tokens, eager.tokens) and torch.equal(comp.lengths, eager.lengths)
+    torch.testing.assert_close(comp.logprobs, eager.logprobs, atol=1e-4, rtol=0)
+    assert torch.equal(generate(m, prompts, 8, temperature=0, compiled=True).tokens,
+                       generate(m, prompts, 8, temperature=0).tokens)
+
+
 def test_eos_stops_rows_and_pads_the_rest():
     m = tiny_model(seed=4)
     free = generate(m, PROMPTS, 12, temperature=0)
