@@ -465,7 +465,7 @@ class KVCache:
 def _compiled_decode():
     """Transformer._decode through torch.compile, for one-token steps (decode(compiled=True)). A small batch's step
     is a few hundred tiny ops whose dispatch, not their FLOPs, is most of its time on a CPU; the compiled step
-    fuses the elementwise ones into generated loops. Compiled on first use (~30 s for the toy on 2 CPU cores),
+    fuses the elementwise ones into generated loops. Compiled on first use (30-60 s for the toy on 2 CPU cores),
     with dynamic shapes, so later batch sizes and cache lengths reuse it; the model is an argument, so models of
     one architecture share it. Not bit-identical to the eager step (fused sums round differently): the logits
     agree to ~1e-5 (tests/test_sample.py)."""

@@ -121,7 +121,7 @@ def generate(model, prompts, max_new_tokens, *, temperature=1.0, top_p=1.0, top_
     Speed without changing a token: identical prompts (a GRPO group) are prefilled once and their cache copied
     (_prefill); with compact, rows that have ended leave the decode batch (once a quarter of it has ended), and
     each row draws its own random numbers, so its tokens are the same whichever rows decode beside it.
-    compiled: one-token steps through torch.compile (Transformer.decode; the first call compiles for ~30 s on a
+    compiled: one-token steps through torch.compile (Transformer.decode; the first call compiles, 30-60 s on a
     CPU; logits within ~1e-5 of the eager step's, so a token can differ where two are that close).
     """
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
