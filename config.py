@@ -47,7 +47,7 @@ SCHEMA = {
                     "reasoning_rl", "rejection_sft", "all_rl", "distill"},
     "model": _MODEL,
     "pretrain": _SFT | {"n_docs"},
-    "eval": {"sets", "n_per_set", "n_during", "k", "temperature", "top_p", "max_new_tokens", "seed"},
+    "eval": {"sets", "n_per_set", "n_during", "k", "temperature", "top_p", "max_new_tokens", "seed", "compile_decode"},
     "grpo": _GRPO,
     "zero": _RL,
     "reasoning_rl": _RL,

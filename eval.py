@@ -81,9 +81,11 @@ def _consensus(acc: list, answers: list) -> float:
 @torch.no_grad()
 @on_full_params   # FSDP2: whole weights for sampling (common.full_params)
 def evaluate(model, tok, sets: dict, *, k: int, temperature: float, top_p: float, max_new_tokens: int,
-             dist, batch_size: int = 64, prompt_fn=data.r1zero_prompt, n_samples: int = 4, style: str = "r1zero"):
+             dist, batch_size: int = 64, prompt_fn=data.r1zero_prompt, n_samples: int = 4, style: str = "r1zero",
+             compiled: bool = False):
     """R1 §3's protocol on held-out sets (see the module docstring). style: the layout the format rate checks
-    ("r1zero" | "cold_start"). Questions are split over ranks and their results gathered.
+    ("r1zero" | "cold_start"). compiled: sample with the torch.compile'd decode step (sample.generate). Questions are
+    split over ranks and their results gathered.
     Returns (metrics: set -> dict (summarize), samples: a few rollouts for samples.jsonl, questions: one row per
     question, in set order: {"set", "i", "canon", "prompt", "answer", "correct": k values, "length": k token
     counts, "reflect_eff", "mixed", "format": k flags}, what paired comparisons between models are computed from)."""
@@ -100,7 +102,8 @@ def evaluate(model, tok, sets: dict, *, k: int, temperature: float, top_p: float
             prompts = [prompt_fn(t) for t in chunk for _ in range(k)]
             cols = {col: [t.get(col) for t in chunk for _ in range(k)] for col in COLUMNS}
             gen = generate(model, [tok.encode(p) for p in prompts], max_new_tokens, temperature=temperature,
-                           top_p=top_p, eos_id=tok.eos_id, pad_id=tok.pad_id, seed=1000 * dist.rank + c)
+                           top_p=top_p, eos_id=tok.eos_id, pad_id=tok.pad_id, seed=1000 * dist.rank + c,
+                           compiled=compiled)
             texts = [tok.decode(gen.tokens[j, :gen.lengths[j]].tolist()).replace("<|endoftext|>", "")
                      for j in range(len(prompts))]
             per_sample = {"correct": accuracy_reward(prompts, texts, **cols),
@@ -168,7 +171,8 @@ def run_eval(model, tok, cfg, dist, fmt="r1zero", during: bool = False):
         n = e.get("n_during", e["n_per_set"]) if during else e["n_per_set"]
         sets = data.eval_sets(n, e["seed"], e["sets"], cfg.get("difficulty"))
     return evaluate(model, tok, sets, k=e["k"], temperature=e["temperature"], top_p=e["top_p"],
-                    max_new_tokens=e["max_new_tokens"], dist=dist, prompt_fn=prompt_fn, style=style)
+                    max_new_tokens=e["max_new_tokens"], dist=dist, prompt_fn=prompt_fn, style=style,
+                    compiled=e.get("compile_decode", False))
 
 
 @on_full_params   # FSDP2: whole weights for sampling (common.full_params)

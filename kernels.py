@@ -553,9 +553,10 @@ def token_logprobs(logits, targets, with_entropy: bool = False):
     _check_logprob_args(logits, targets)
     if use_triton(logits) and logits.numel() > 0:
         return _TokenLogprobsTriton.apply(logits, targets, with_entropy)
+    # A decode step's logits: one tile and nothing kept for backward, so the plain form has the same memory bound
+    # and saves the Function's ~0.2 ms per call.
     if logits.numel() <= _LOGP_TILE and not (logits.requires_grad and torch.is_grad_enabled()):
-        return token_logprobs_ref(logits, targets, with_entropy)   # a decode step's logits: one tile, nothing kept
-        # for backward, so the plain form has the same bound and saves the Function's ~0.2 ms per call
+        return token_logprobs_ref(logits, targets, with_entropy)
     return _token_logprobs_chunked(logits, targets, with_entropy)
 
 
@@ -906,7 +907,7 @@ def mla_decode_ref(q_lat, q_pe, cache, lengths, scale: float):
     With query and key each one concatenated row, q_lat . c_kv + q_pe . k_R is a single matrix product."""
     C = q_lat.shape[-1]
     kv = cache.float()
-    s = torch.cat([q_lat, q_pe], dim=-1).float() @ kv.transpose(1, 2) * scale           # (B, H, S)
+    s = torch.cat([q_lat, q_pe], dim=-1).float() @ kv.transpose(1, 2) * scale           # (B, H, S) V3 eq. 10
     valid = torch.arange(cache.shape[1], device=s.device)[None, :] < lengths[:, None]   # (B, S)
     s = s.masked_fill(~valid[:, None, :], float("-inf"))
     return (torch.softmax(s, dim=-1) @ kv[..., :C]).to(q_lat.dtype)                    # (B, H, C)

@@ -167,7 +167,7 @@ def generate(model, prompts, max_new_tokens, *, temperature=1.0, top_p=1.0, top_
                 if compact and 4 * int((~keep).sum()) >= len(rows):  # drop finished rows from the batch
                     rows, tok, pos = rows[keep], tok[keep], pos[keep]
                     cache.select(keep)
-                logits = model.decode(tok[:, None], pos[:, None], cache, compiled)[:, 0]   # (rows, vocab)
+                logits = model.decode(tok[:, None], pos[:, None], cache, compiled=compiled)[:, 0]   # (rows, vocab)
                 pos += 1
     finally:
         model.train(was_training)
