@@ -46,7 +46,7 @@ SCHEMA = {
     "": TOP_KEYS | {"difficulty", "model", "pretrain", "eval", "grpo", "zero", "reward_models", "cold_start",
                     "reasoning_rl", "rejection_sft", "all_rl", "distill"},
     "model": _MODEL,
-    "pretrain": _SFT | {"n_docs"},
+    "pretrain": _SFT | {"n_docs", "countdown_traces"},
     "eval": {"sets", "n_per_set", "n_during", "k", "temperature", "top_p", "max_new_tokens", "seed", "compile_decode"},
     "grpo": _GRPO,
     "zero": _RL,
@@ -63,7 +63,7 @@ SCHEMA = {
     "distill.students": ANY,
     "distill.students.*": {"model", "pretrain"},
     "distill.students.*.model": _MODEL,
-    "distill.students.*.pretrain": _SFT | {"n_docs"},
+    "distill.students.*.pretrain": _SFT | {"n_docs", "countdown_traces"},
     "difficulty": ANY,
     "cold_start.filters": _FILTERS, "rejection_sft.filters": _FILTERS, "distill.filters": _FILTERS,
     "zero.tasks": ANY, "reasoning_rl.tasks": ANY, "all_rl.tasks": ANY, "cold_start.tasks": ANY,
@@ -163,6 +163,7 @@ RULES = {
     "steps": COUNT, "batch_size": COUNT, "grad_accum": COUNT, "seq_len": COUNT, "lr": POSITIVE,
     "min_lr_ratio": FRACTION, "warmup": COUNT0, "weight_decay": NONNEG, "beta1": BETA, "beta2": BETA,
     "grad_clip": NONNEG, "log_every": COUNT, "seed": SEED, "n_docs": COUNT, "epochs": POSITIVE,
+    "countdown_traces": OneOf(("search", "scripted")),   # toyworld.COUNTDOWN_TRACES; "scripted": issue 12's ablation
     # grpo.GRPOConfig (+ an RL stage's schedule)
     "group_size": Range(int, 2), "prompts_per_step": COUNT, "max_new_tokens": COUNT, "temperature": POSITIVE,
     "top_p": TOP_P, "mu": COUNT, "n_minibatches": COUNT, "micro_batch_size": COUNT0, "beta": NONNEG,

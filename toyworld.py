@@ -13,6 +13,7 @@ Tasks are dicts {"task", "prompt", "answer", "lang", "difficulty", "canon", ...}
 (countdown), "entry"/"tests" (code). Keys starting with "_" are private to the generator (data.make_tasks drops
 them). Prompts carry no final punctuation because the R1-Zero template appends its own ". Assistant:".
 """
+import contextlib
 import functools
 import itertools
 import math
@@ -442,11 +443,55 @@ def _inverse(expr: str, value: int):
     return f"{value}{inv}{b}", _op(value, inv, b), a
 
 
+# The ablation of issue 12 (pretrain.countdown_traces "scripted"): the same layout, but the search is a script, as
+# in the first toy world. A few dead ends drawn independently of the problem, then the solution with "yes", every
+# time: how long it searches never decides whether it gets there, and it never gives up or slips.
+COUNTDOWN_TRACES = ("search", "scripted")
+_traces = ["search"]
+
+
+@contextlib.contextmanager
+def countdown_traces(kind: str):
+    """Write countdown worked solutions as `kind` ("search": the real search above; "scripted": the ablation)
+    inside the block (data.pretrain_corpus under the pretrain section's countdown_traces)."""
+    if kind not in COUNTDOWN_TRACES:
+        raise ValueError(f"countdown_traces must be one of {COUNTDOWN_TRACES}, got {kind!r}")
+    _traces.append(kind)
+    try:
+        yield
+    finally:
+        _traces.pop()
+
+
+def _countdown_scripted(pad, rng, t) -> str:
+    """The ablation's trace: 0-3 dead ends (misses of the search, in its order), then the search's first hit."""
+    target, tries = t["target"], cd_search(t["nums"], t["target"])
+    hit = next(i for i, tr in enumerate(tries) if tr[2])
+    misses = [i for i, tr in enumerate(tries) if not tr[2]]
+    shown = sorted(rng.sample(misses, min(len(misses), rand_choice(rng, (0, 1, 1, 2, 2, 3))))) + [hit]
+    pad.add(f"{', '.join(map(str, t['nums']))} -> {target}.")
+    group = None
+    for i in shown:
+        steps, expr, is_hit, pair_rest = tries[i]
+        if pair_rest != group:
+            group = pair_rest
+            pad.add(pad.ph["group"].format(*group[:2], ", ".join(map(str, group[2:]))))
+        body = ", ".join(f"{x}={y}" for x, y in steps)
+        pad.add(f"{pad.ph['try']} {body}, {pad.ph['need'].format(target)} " + (pad.ph["yes"] if is_hit else pad.ph["no"]))
+    step, got, _ = _inverse(tries[hit][0][-1][0], target)
+    if pad.careful and got is not None:
+        pad.add(pad.ph["check"].format(f"{step}={got}") + " " + pad.ph["ok"])
+    pad.add(pad.ph["so"].format(f"{tries[hit][1]}={target}"))
+    return tries[hit][1]
+
+
 def _countdown_scratch(pad, rng, t) -> str:
     """The search written out: the numbers and the target restated ("2, 7, 3 -> 17."), then, pair by pair ("2 and 7,
     then 3:"), tries until a (checked) hit, or until it gives up; returns the answer written. Every number a try
     needs stands a few tokens before it, and each try ends by restating the target next to the values it compares
     ("9+3=12, 9*3=27, need 17, no."): what a small model cannot do over long distances, it does not have to."""
+    if _traces[-1] == "scripted":
+        return _countdown_scripted(pad, rng, t)
     target, tries = t["target"], cd_search(t["nums"], t["target"])
     careful = rng.random() < P_CD_CHECK
     false_at = rand_index(rng, len(tries)) if rng.random() < P_FALSE_HIT else -1

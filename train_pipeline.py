@@ -44,6 +44,7 @@ import grpo
 import reward_model
 import sft
 import toychat
+import toyworld
 from checkpoint import build_model_from_checkpoint, load_checkpoint, save_model
 from common import (PeakRSS, barrier, cleanup_distributed, plot_stage, print0, read_json, read_jsonl, read_metrics,
                     release_memory, resident_mb, run_cli, setup_distributed, wrap_model, write_jsonl)
@@ -345,7 +346,8 @@ def stage_pretrain(cfg, args, dist, stage="pretrain"):
     tok = get_tokenizer(cfg["tokenizer"])
     torch.manual_seed(section["seed"])
     model = Transformer(ModelArgs(**{**cfg["model"], "vocab_size": tok.vocab_size})).to(dist.device)
-    docs = data.pretrain_corpus(section["n_docs"], seed=section["seed"], difficulty=cfg.get("difficulty"))
+    with toyworld.countdown_traces(section.get("countdown_traces", "search")):     # "scripted": the ablation
+        docs = data.pretrain_corpus(section["n_docs"], seed=section["seed"], difficulty=cfg.get("difficulty"))
     # encoded in chunks and packed as they come: the whole corpus as lists of Python ints would be ~1 GB (toy)
     ids = (x for i in range(0, len(docs), 4096) for x in tok.encode_batch(docs[i:i + 4096]))
     tokens, mask = sft.pack_examples(((x + [tok.eos_id], [1] * (len(x) + 1)) for x in ids), section["seq_len"],
