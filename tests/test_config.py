@@ -87,7 +87,8 @@ def test_every_value_key_has_a_stated_rule():
 @pytest.mark.parametrize("key, value, words", [
     ("lr", float("nan"), "a finite number > 0"), ("lr", 0, "a finite number > 0"),
     ("batch_size", 0, "an integer >= 1"), ("batch_size", 2.5, "an integer >= 1"), ("batch_size", True, "integer"),
-    ("min_lr_ratio", 1.5, "in [0, 1]"), ("precision", "fp16", 'one of "auto", "bf16", "fp32"')])
+    ("min_lr_ratio", 1.5, "in [0, 1]"), ("precision", "fp16", 'one of "auto", "bf16", "fp32"'),
+    ("countdown_traces", "random", 'one of "search", "scripted"')])
 def test_a_value_out_of_range_names_the_key_and_its_range(key, value, words):
     cfg = config.load_config("micro")
     cfg["pretrain"][key] = value

@@ -249,6 +249,28 @@ def test_a_caught_false_hit_changes_the_answer():
     assert seen > 5
 
 
+def test_the_ablations_scripted_searches_always_end_at_the_hit():
+    """pretrain.countdown_traces "scripted" (issue 12's ablation): the same layout and correct steps, but 0-3 dead
+    ends whatever the problem, then the search's first hit, so every trace ends right; outside the block the real
+    search is back, and an unknown kind is named."""
+    with toyworld.countdown_traces("scripted"):
+        sols = _solutions("countdown", 1, 300)
+    dead = Counter()
+    for text, ans, meta, t in sols:
+        tries = re.findall(r"(?:try|试) ([^.]*?), (?:need|要) (\d+), (yes|no|对|不对)\.", text)
+        assert all(v == "no" or v == "不对" for *_, v in tries[:-1]) and tries[-1][2] in ("yes", "对")
+        for body, need, _ in tries:
+            assert int(need) == t["target"] and all(_true(int(a), op, int(b), int(v)) for a, op, b, v in STEP.findall(body))
+        hit = next(tr for tr in toyworld.cd_search(t["nums"], t["target"]) if tr[2])
+        assert ans == hit[1] and meta["correct"] and text.endswith(f"={t['target']}.")
+        dead[len(tries) - 1] += 1
+    assert set(dead) <= {0, 1, 2, 3} and len(dead) == 4
+    assert any("so maybe" in text for text, *_ in _solutions("countdown", 1, 300))   # the real search gives up
+    with pytest.raises(ValueError, match="countdown_traces"):
+        with toyworld.countdown_traces("random"):
+            pass
+
+
 def test_careful_arithmetic_catches_every_slip_and_the_repair_is_right():
     """Every column of a careful pad is checked by its inverse; a failed check is followed by a redo whose value
     is the true one: careful pads are always right, and their repairs changed the answer."""
