@@ -66,7 +66,8 @@ class GRPOConfig:
     temperature: float = 1.0        # sampling temperature; the loss uses pi at the same temperature (see rollout)
     top_p: float = 1.0              # nucleus sampling (the loss still uses the full, untruncated distribution)
     compile_decode: bool = False    # sample with the torch.compile'd decode step (sample.generate(compiled=True):
-                                    #   ~1.5x faster small-batch steps on a CPU, ~30-60 s to compile once)
+                                    #   ~1.5x faster small-batch steps on a CPU, ~30-60 s to compile once;
+                                    #   on in the toy config; where compiling fails it warns once, runs eager)
     # optimisation
     lr: float = 1e-5                # AdamW learning rate, constant (R1: 3e-6; the toy config sets its own)
     weight_decay: float = 0.0

@@ -22,6 +22,7 @@ import contextlib
 import functools
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -472,6 +473,17 @@ def _compiled_decode():
     return torch.compile(Transformer._decode, dynamic=True)
 
 
+_COMPILE_FAILED = []   # the error, once the compiled decode step has failed to build in this process
+
+
+def _compile_errors() -> tuple:
+    """What torch.compile raises when its backend cannot build code (a missing or broken C compiler, say): the
+    compiled step then falls back to the eager one. Any other error is a real one and propagates."""
+    from torch._dynamo.exc import BackendCompilerFailed
+    from torch._inductor.exc import CppCompileError, InductorError
+    return BackendCompilerFailed, InductorError, CppCompileError
+
+
 def _count_once(block):
     """torch.utils.checkpoint's context_fn for a block: (context of the forward, context of the recomputation).
     The recomputation runs the block's forward again in training mode, so its gates would count their tokens
@@ -608,8 +620,13 @@ class Transformer(nn.Module):
         if T > 1 or cache.mode == "naive":
             prefix = bool((positions == torch.arange(S - T, S, device=positions.device)).all())
         # compiled: not for one row, which torch.compile would specialise (sizes 0 and 1) and compile again
-        if compiled and T == 1 and B > 1 and cache.mode == "absorbed":
-            return _compiled_decode()(self, tokens, positions, cache, S, prefix)
+        if compiled and T == 1 and B > 1 and cache.mode == "absorbed" and not _COMPILE_FAILED:
+            try:
+                return _compiled_decode()(self, tokens, positions, cache, S, prefix)
+            except _compile_errors() as e:   # no C compiler, say: warn once, then decode eagerly (same tokens)
+                _COMPILE_FAILED.append(e)
+                warnings.warn(f"torch.compile could not build the decode step ({type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0][:200]}); decoding eagerly from now on")
         return self._decode(tokens, positions, cache, S, prefix)
 
     def _decode(self, tokens, positions, cache: KVCache, S: int, prefix: bool):

@@ -128,6 +128,33 @@ def test_compiled_decode_step_gives_the_eager_tokens():
                        generate(m, prompts, 8, temperature=0).tokens)
 
 
+def test_a_compiled_step_that_cannot_be_built_falls_back_to_eager(monkeypatch):
+    """A machine where torch.compile cannot build code (no C compiler): one warning that names the error, then the
+    eager step, with the eager tokens; later calls do not try again. Any other error still propagates."""
+    import model as model_mod
+    from torch._inductor.exc import CppCompileError
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        raise CppCompileError(["cc"], "cc: command not found")
+    monkeypatch.setattr(model_mod, "_compiled_decode", lambda: broken)
+    monkeypatch.setattr(model_mod, "_COMPILE_FAILED", [])
+    m = tiny_model(seed=5)
+    with pytest.warns(UserWarning, match="CppCompileError.*decoding eagerly"):
+        got = generate(m, PROMPTS, 8, temperature=0, compiled=True)
+    assert torch.equal(got.tokens, generate(m, PROMPTS, 8, temperature=0).tokens) and len(calls) == 1
+    generate(m, PROMPTS, 4, temperature=0, compiled=True)
+    assert len(calls) == 1
+
+    def buggy(*args):
+        raise IndexError("a real bug")
+    monkeypatch.setattr(model_mod, "_compiled_decode", lambda: buggy)
+    monkeypatch.setattr(model_mod, "_COMPILE_FAILED", [])
+    with pytest.raises(IndexError, match="a real bug"):
+        generate(m, PROMPTS, 4, temperature=0, compiled=True)
+
+
 def test_eos_stops_rows_and_pads_the_rest():
     m = tiny_model(seed=4)
     free = generate(m, PROMPTS, 12, temperature=0)
