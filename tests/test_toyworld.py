@@ -212,7 +212,7 @@ def test_the_verdict_audit_finds_no_misjudged_try_in_the_corpus():
 def test_teacher_forced_verdicts_of_the_shipped_models():
     """tools/countdown_verdicts.py --model on the shipped bf16 models: every verdict of the world's own searches is
     asked once, and the README's reading holds: the base rarely says yes even at a hit, R1-Zero says it more often
-    at a hit than at a miss."""
+    at a hit than at a miss; asked the drills' comparisons, the base is near a coin flip."""
     from tools.countdown_verdicts import teacher_forced
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     base = teacher_forced(os.path.join(root, "docs", "toy_run", "pretrain", "model.pt"), n_problems=40)
@@ -220,6 +220,10 @@ def test_teacher_forced_verdicts_of_the_shipped_models():
     assert base["hit"][0] == zero["hit"][0] > 5 and base["miss"][0] == zero["miss"][0] > 50
     assert base["hit"][2] < 0.5 and base["miss"][2] < 0.1
     assert zero["hit"][1] > zero["miss"][1] + 0.1
+    # in the drills' own balanced comparisons the base barely tells a hit from a miss: it cannot compare at all
+    drill = teacher_forced(os.path.join(root, "docs", "toy_run", "pretrain", "model.pt"), n_problems=30, where="drill")
+    assert drill["hit"][0] > 20 and drill["miss"][0] > 20
+    assert abs(drill["hit"][1] - drill["miss"][1]) < 0.25 and drill["miss"][2] > 0.3
 
 
 def test_a_search_ends_at_a_hit_or_gives_up_at_its_budget():

@@ -10,7 +10,8 @@ and steps whose arithmetic is wrong.
 
 --model asks a checkpoint the verdict question on the toy world's own searches instead (teacher forcing: the trace
 is the world's, right up to "need T,"): its P(yes) / (P(yes) + P(no)) at each verdict, split by hit and miss. It
-separates "cannot compare" from "compares, but its own earlier errors mislead it".
+separates "cannot compare" from "compares, but its own earlier errors mislead it". It then asks the same of the
+corpus's drill comparisons, half of them hits, where nothing but the comparison decides the verdict.
 """
 import argparse
 import json
@@ -51,9 +52,11 @@ def audit(rows) -> Counter:
     return c
 
 
-def teacher_forced(path: str, n_problems: int = 150, seed: int = 5) -> dict:
-    """{"hit" | "miss": (verdicts, mean P(yes), share with P(yes) > 1/2)} over the worked searches of n_problems
-    fresh level-1 training problems (English), each in the R1-Zero template as the corpus writes it."""
+def teacher_forced(path: str, n_problems: int = 150, seed: int = 5, where: str = "search") -> dict:
+    """{"hit" | "miss": (verdicts, mean P(yes), share with P(yes) > 1/2)} over the verdicts of `where`:
+    "search": the worked searches of n_problems fresh level-1 training problems (English), each in the R1-Zero
+    template as the corpus writes it; "drill": n_problems of the corpus's drill documents, whose comparisons
+    ("4*8=32, need 32, yes.") are half hits and stand alone, so a model that fails there cannot compare at all."""
     import torch
 
     import data
@@ -65,8 +68,11 @@ def teacher_forced(path: str, n_problems: int = 150, seed: int = 5) -> dict:
     yes, no = tok.encode(" yes"), tok.encode(" no")
     rng, seen = random.Random(seed), {"hit": [], "miss": []}
     for _ in range(n_problems):
-        t = data._sample_task("countdown", rng, "train", 1, "en")
-        doc = data.r1zero_prompt(t) + " <think> " + toyworld.worked_solution(t, rng)[0]
+        if where == "drill":
+            doc = data._doc_drill(rng, None)[0]
+        else:
+            t = data._sample_task("countdown", rng, "train", 1, "en")
+            doc = data.r1zero_prompt(t) + " <think> " + toyworld.worked_solution(t, rng)[0]
         for m in re.finditer(r"=(\d+), need (\d+),", doc):
             ids = tok.encode(doc[:m.end()])[-model.args.max_seq_len:]
             with torch.no_grad():
@@ -84,5 +90,6 @@ if __name__ == "__main__":
         with open(path) as f:
             print(path, dict(audit(json.loads(line) for line in f if line.strip())))
     if a.model:
-        for kind, (n, p, share) in teacher_forced(a.model).items():
-            print(f"{a.model}: at a {kind}: {n} verdicts, mean P(yes) {p:.3f}, says yes {share:.3f}")
+        for where in ("search", "drill"):
+            for kind, (n, p, share) in teacher_forced(a.model, where=where).items():
+                print(f"{a.model}: {where}, at a {kind}: {n} verdicts, mean P(yes) {p:.3f}, says yes {share:.3f}")
