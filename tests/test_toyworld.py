@@ -226,6 +226,17 @@ def test_teacher_forced_verdicts_of_the_shipped_models():
     assert abs(drill["hit"][1] - drill["miss"][1]) < 0.25 and drill["miss"][2] > 0.3
 
 
+def test_learn_to_compare_runs_and_reports_verdicts_by_hit_and_miss(capsys):
+    """tools/learn_to_compare.py (a fresh model on comparisons only): one step runs, and its report gives the
+    share of "yes" at hits and at misses."""
+    from tools.learn_to_compare import main
+    main(["--steps", "1"])
+    out = capsys.readouterr().out
+    m = re.fullmatch(r"step 0: loss (\d+\.\d+), says yes at (\d\.\d\d) of hits and (\d\.\d\d) of misses \(\d+ s\)\n",
+                     out)
+    assert m and float(m.group(1)) > 5                  # an untrained model over a 1024-token vocabulary
+
+
 def test_a_search_ends_at_a_hit_or_gives_up_at_its_budget():
     ends = Counter()
     for text, ans, meta, t in _solutions("countdown", 1, 600):
