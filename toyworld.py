@@ -443,7 +443,7 @@ def _inverse(expr: str, value: int):
     return f"{value}{inv}{b}", _op(value, inv, b), a
 
 
-# The ablation of issue 12 (pretrain.countdown_traces "scripted"): the same layout, but the search is a script, as
+# An ablation of the real search (pretrain.countdown_traces "scripted"): the same layout, but the search is a script, as
 # in the first toy world. A few dead ends drawn independently of the problem, then the solution with "yes", every
 # time: how long it searches never decides whether it gets there, and it never gives up or slips.
 COUNTDOWN_TRACES = ("search", "scripted")
@@ -463,6 +463,16 @@ def countdown_traces(kind: str):
         _traces.pop()
 
 
+def _cd_write_try(pad, group, pair_rest, steps, target, yes: bool):
+    """One written try ("try 9+3=12, 12*2=24, need 24, yes."), after naming its pair and what is left when the pair
+    is new ("9 and 3, then 2:"); returns the pair now named."""
+    if pair_rest != group:
+        pad.add(pad.ph["group"].format(*pair_rest[:2], ", ".join(map(str, pair_rest[2:]))))
+    body = ", ".join(f"{x}={y}" for x, y in steps)
+    pad.add(f"{pad.ph['try']} {body}, {pad.ph['need'].format(target)} " + (pad.ph["yes"] if yes else pad.ph["no"]))
+    return pair_rest
+
+
 def _countdown_scripted(pad, rng, t) -> str:
     """The ablation's trace: 0-3 dead ends (misses of the search, in its order), then the search's first hit."""
     target, tries = t["target"], cd_search(t["nums"], t["target"])
@@ -472,12 +482,8 @@ def _countdown_scripted(pad, rng, t) -> str:
     pad.add(f"{', '.join(map(str, t['nums']))} -> {target}.")
     group = None
     for i in shown:
-        steps, expr, is_hit, pair_rest = tries[i]
-        if pair_rest != group:
-            group = pair_rest
-            pad.add(pad.ph["group"].format(*group[:2], ", ".join(map(str, group[2:]))))
-        body = ", ".join(f"{x}={y}" for x, y in steps)
-        pad.add(f"{pad.ph['try']} {body}, {pad.ph['need'].format(target)} " + (pad.ph["yes"] if is_hit else pad.ph["no"]))
+        steps, _, is_hit, pair_rest = tries[i]
+        group = _cd_write_try(pad, group, pair_rest, steps, target, is_hit)
     step, got, _ = _inverse(tries[hit][0][-1][0], target)
     if pad.careful and got is not None:
         pad.add(pad.ph["check"].format(f"{step}={got}") + " " + pad.ph["ok"])
@@ -498,14 +504,10 @@ def _countdown_scratch(pad, rng, t) -> str:
     pad.add(f"{', '.join(map(str, t['nums']))} -> {target}.")
     best, group = None, None                                # (distance to the target, expression) of the closest try
     for i, (steps, expr, hit, pair_rest) in enumerate(tries):
-        if pair_rest != group:                              # a new pair: name it and what is left ("6 and 8, then 6:")
-            group = pair_rest
-            pad.add(pad.ph["group"].format(*group[:2], ", ".join(map(str, group[2:]))))
         e, v = steps[-1]
         claimed = i == false_at and not hit
-        body = ", ".join(f"{x}={y}" for x, y in steps[:-1] + [(e, target if claimed else v)])
-        pad.add(f"{pad.ph['try']} {body}, {pad.ph['need'].format(target)} " +
-                (pad.ph["yes"] if hit or claimed else pad.ph["no"]))
+        group = _cd_write_try(pad, group, pair_rest, steps[:-1] + [(e, target if claimed else v)], target,
+                              hit or claimed)
         if hit or claimed:
             step, got, want = _inverse(e, target)
             if careful and got is not None:
