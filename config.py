@@ -163,7 +163,7 @@ RULES = {
     "steps": COUNT, "batch_size": COUNT, "grad_accum": COUNT, "seq_len": COUNT, "lr": POSITIVE,
     "min_lr_ratio": FRACTION, "warmup": COUNT0, "weight_decay": NONNEG, "beta1": BETA, "beta2": BETA,
     "grad_clip": NONNEG, "log_every": COUNT, "seed": SEED, "n_docs": COUNT, "epochs": POSITIVE,
-    "countdown_traces": OneOf(("search", "scripted")),   # toyworld.COUNTDOWN_TRACES; "scripted": issue 12's ablation
+    "countdown_traces": OneOf(("search", "scripted")),   # toyworld.COUNTDOWN_TRACES; "scripted": an ablation
     # grpo.GRPOConfig (+ an RL stage's schedule)
     "group_size": Range(int, 2), "prompts_per_step": COUNT, "max_new_tokens": COUNT, "temperature": POSITIVE,
     "top_p": TOP_P, "mu": COUNT, "n_minibatches": COUNT, "micro_batch_size": COUNT0, "beta": NONNEG,

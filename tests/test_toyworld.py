@@ -265,7 +265,7 @@ def test_a_caught_false_hit_changes_the_answer():
 
 
 def test_the_ablations_scripted_searches_always_end_at_the_hit():
-    """pretrain.countdown_traces "scripted" (issue 12's ablation): the same layout and correct steps, but 0-3 dead
+    """pretrain.countdown_traces "scripted" (the ablation of the real search): the same layout and correct steps, but 0-3 dead
     ends whatever the problem, then the search's first hit, so every trace ends right; outside the block the real
     search is back, and an unknown kind is named."""
     with toyworld.countdown_traces("scripted"):

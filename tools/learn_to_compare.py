@@ -11,7 +11,7 @@ Shapes: "drill" is data._doc_drill's ("4*8=32, need 32, yes."; with --share < 1 
 additions, a stand-in for everything else a corpus teaches); "sum" is "22+2=24, need 24, yes." with a two-digit
 value and a target drawn from 12..98, or always the same one (--target).
 
-Why (issue 12): R1-Zero lengthens a search only if writing more tries pays, and a try pays only if the model knows
+Why: R1-Zero lengthens a search only if writing more tries pays, and a try pays only if the model knows
 when it has hit the target. docs/toy_run's base cannot tell (tools/countdown_verdicts.py --model: 0.54 mean P(yes)
 at a drill hit, 0.44 at a miss). This measures the comparison's learnability by itself, so that a world change
 meant to make the verdict learnable can be tried in minutes before a 40-minute pretraining run. One run each (the
