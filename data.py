@@ -78,7 +78,7 @@ def one_step_per_line(reasoning: str) -> str:
 
 
 # ============================================================================================== tasks
-GENERATORS = {"arith": (arith_task, ARITH_LEVELS), "countdown": (countdown_task, (1, 2)),
+GENERATORS = {"arith": (arith_task, ARITH_LEVELS), "countdown": (countdown_task, (1, 2, 3)),
               "code": (code_task, CODE_LEVELS), "general": (general_task, (1,))}
 KINDS = tuple(GENERATORS)
 

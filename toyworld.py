@@ -23,11 +23,16 @@ from collections import Counter
 
 # ======================================================================================== held-out split
 EVAL_EVERY = 8   # 1 canonical problem in 8 is held out for evaluation
+# ... and 1 in 4 of the 24 game's (countdown level 3): four numbers and the fixed target 24 admit only 556 problems,
+# so 1 in 8 would leave ~70 distinct ones to evaluate on. The extra quarter is drawn from the training side
+# (crc32 % 8 == 4), so a problem has one split whichever level draws it.
+_GAME24 = re.compile(r"countdown:\d+,\d+,\d+,\d+:24")
 
 
 def split_of(canon: str) -> str:
     """"eval" or "train", from a stable hash (crc32, not Python's salted hash) of the canonical problem."""
-    return "eval" if zlib.crc32(canon.encode()) % EVAL_EVERY == 0 else "train"
+    r = zlib.crc32(canon.encode()) % EVAL_EVERY
+    return "eval" if r == 0 or (r == EVAL_EVERY // 2 and _GAME24.fullmatch(canon)) else "train"
 
 
 def check_split(split):
@@ -312,7 +317,10 @@ def _near_miss(ans: str, rng) -> str:
 
 
 # ============================================================================================= countdown
-# Reach a target with every given number once and + - * /. Level 1: three numbers in 1..CD_MAX; level 2: four.
+# Reach a target with every given number once and + - * /. Level 1: three numbers in 1..9; level 2: four; level 3:
+# the 24 game, four numbers in 1..13 and the target always 24. With one target, whether a try hits is whether it
+# ends in "=24": a small model learns that at once (tools/learn_to_compare.py --target 24), where matching two
+# numbers that both vary takes it most of its pretraining, so at level 3 the search can judge its own tries.
 # A worked solution is a written depth-first search (cd_search): the pairs in the order the prompt gives the
 # numbers, each pair's moves in a fixed order (x+y, x*y, big-small, big/small), then toward the target with the
 # remaining numbers (a closeness heuristic: below the target add or multiply, at or above it subtract or divide).
@@ -325,9 +333,11 @@ def _near_miss(ans: str, rng) -> str:
 # The target is a value the search reaches, drawn with weight 1 / (1 + p)^3 where p counts the fixed patterns
 # (_cd_patterns) that also reach it, and never the sum or the product of all the numbers nor big*mid-small: no
 # pattern a policy could apply without searching solves more than ~10% of the problems.
-CD_NUMS = {1: 3, 2: 4}   # how many numbers a problem gives
-CD_MAX = 9            # the numbers are 1..CD_MAX: every first move is a fact of the times table
-P_QUIT = 0.3          # after each failed try, the written search gives up with this probability
+CD_NUMS = {1: 3, 2: 4, 3: 4}    # how many numbers a problem gives
+CD_MAX = {1: 9, 2: 9, 3: 13}    # the numbers are 1..CD_MAX (level 3: the cards of the 24 game)
+GAME24 = 24                     # level 3's target, always the same
+P_QUIT = {1: 0.3, 2: 0.3, 3: 0.2}   # after each failed try, the written search gives up with this probability
+# (level 3's first hit comes ~8 tries in, not ~3: it gives up less readily, and still 3 searches in 4 end wrong)
 P_CD_CHECK = 0.5      # share of careful searches: a claimed hit is checked by the inverse operation
 P_FALSE_HIT = 0.15    # share of searches that claim a hit they did not compute (at a random failed try)
 
@@ -421,12 +431,15 @@ def _cd_targets(nums: tuple) -> dict:
 
 def countdown_task(rng, difficulty, lang):
     while True:
-        nums = [rand_int(rng, 1, CD_MAX) for _ in range(CD_NUMS[difficulty])]
+        nums = [rand_int(rng, 1, CD_MAX[difficulty]) for _ in range(CD_NUMS[difficulty])]
         targets = _cd_targets(tuple(nums))
-        if targets:
+        patterns = _cd_patterns(tuple(nums))
+        if difficulty != 3 and targets:
+            t = pick(rng, {x: 1 / (1 + patterns[x]) ** 3 for x in targets})
             break
-    patterns = _cd_patterns(tuple(nums))
-    t = pick(rng, {x: 1 / (1 + patterns[x]) ** 3 for x in targets})
+        if difficulty == 3 and GAME24 in targets and rng.random() < 1 / (1 + patterns[GAME24]) ** 3:
+            t = GAME24              # the same weight, on the problem: without it, a+b+c-d in descending order
+            break                   # would solve 21% of them
     nums_s = ", ".join(map(str, nums))
     return {"task": "countdown", "prompt": rand_choice(rng, COUNTDOWN_PROMPTS[lang]).format(nums=nums_s, t=t),
             "answer": cd_search(nums, t)[targets[t]][1], "lang": lang, "difficulty": difficulty,
@@ -521,7 +534,7 @@ def _countdown_scratch(pad, rng, t) -> str:
                 return expr
         if best is None or abs(v - target) < best[0]:
             best = (abs(v - target), expr)
-        if rng.random() < P_QUIT:
+        if rng.random() < P_QUIT[t['difficulty']]:
             break
     pad.add(pad.ph["maybe"].format(best[1]))
     return best[1]
@@ -718,7 +731,7 @@ def _code_scratch(pad, rng, t) -> str:
 P_CODE_SLIP = {"wrong": 0.10, "fixed": 0.15}    # code: a wrong first body, kept or caught by running a test
 # A direct answer is right about as often as a small model answers without working: rarely once the problem has
 # more than a couple of columns or a search behind it.
-P_DIRECT_RIGHT = {"arith": {1: 0.35, 2: 0.12, 3: 0.04, 4: 0.02}, "countdown": {1: 0.08, 2: 0.04},
+P_DIRECT_RIGHT = {"arith": {1: 0.35, 2: 0.12, 3: 0.04, 4: 0.02}, "countdown": {1: 0.08, 2: 0.04, 3: 0.04},
                   "code": {1: 0.8, 2: 0.8}}
 
 
