@@ -401,7 +401,7 @@ def _cd_patterns(nums: tuple) -> Counter:
     """value -> how many fixed patterns reach it. A pattern is what a policy could apply without searching: the
     numbers in the given, ascending or descending order, folded from the left or from the right, with one
     sequence of operations (96 patterns for three numbers)."""
-    vals = Counter()
+    vals = []
     for xs in (nums, tuple(sorted(nums)), tuple(sorted(nums, reverse=True))):
         for ops in itertools.product("+-*/", repeat=len(xs) - 1):
             left, right = xs[0], xs[-1]
@@ -409,37 +409,47 @@ def _cd_patterns(nums: tuple) -> Counter:
                 left = _op(left, o, x)
             for x, o in zip(xs[-2::-1], ops[::-1]):
                 right = _op(x, o, right)
-            vals.update(v for v in (left, right) if v is not None)
-    return vals
+            vals += (left, right)
+    return Counter(v for v in vals if v is not None)
+
+
+@functools.lru_cache(maxsize=None)
+def _cd_values(nums: tuple) -> tuple:
+    """The values the search's steps reach, heading low, middling or high, and the targets no problem may have:
+    the sum and the product of all numbers, a number itself, and big*mid-small."""
+    s = sorted(nums)
+    excluded = {sum(nums), math.prod(nums), s[-1] * s[-2] - s[0], *nums}
+    return {v for t in (1, 50, 1000) for steps, *_ in cd_search(list(nums), t) for _, v in steps}, excluded
+
+
+def _cd_hit(nums: tuple, t: int):
+    """Index of the search's first hit of target t, or None when t is not a target of these numbers (_cd_targets)."""
+    hit = next((i for i, tr in enumerate(cd_search(list(nums), t)) if tr[2]), None)
+    values, excluded = _cd_values(nums) if hit is not None else ((), ())
+    return hit if t in values and 2 <= t <= 99 and t not in excluded else None
 
 
 @functools.lru_cache(maxsize=None)
 def _cd_targets(nums: tuple) -> dict:
     """target -> index of the search's first hit, for every target in 2..99 the search reaches (except the sum
     and the product of all numbers, a number itself, and big*mid-small)."""
-    s = sorted(nums)
-    excluded = {sum(nums), math.prod(nums), s[-1] * s[-2] - s[0], *nums}
-    values = {v for t in (1, 50, 1000) for steps, *_ in cd_search(list(nums), t) for _, v in steps}
-    out = {}
-    for t in sorted(values):
-        if 2 <= t <= 99 and t not in excluded:
-            k = next((i for i, tr in enumerate(cd_search(list(nums), t)) if tr[2]), None)
-            if k is not None:
-                out[t] = k
-    return out
+    hits = {t: _cd_hit(nums, t) for t in sorted(_cd_values(nums)[0])}
+    return {t: k for t, k in hits.items() if k is not None}
 
 
 def countdown_task(rng, difficulty, lang):
     while True:
         nums = [rand_int(rng, 1, CD_MAX[difficulty]) for _ in range(CD_NUMS[difficulty])]
-        targets = _cd_targets(tuple(nums))
-        patterns = _cd_patterns(tuple(nums))
-        if difficulty != 3 and targets:
+        if difficulty == 3:
+            # the same weight, on the problem: without it, a+b+c-d in descending order would solve 21% of them
+            hit = _cd_hit(tuple(nums), GAME24)
+            if hit is not None and rng.random() < 1 / (1 + _cd_patterns(tuple(nums))[GAME24]) ** 3:
+                t, targets = GAME24, {GAME24: hit}
+                break
+        elif targets := _cd_targets(tuple(nums)):
+            patterns = _cd_patterns(tuple(nums))
             t = pick(rng, {x: 1 / (1 + patterns[x]) ** 3 for x in targets})
             break
-        if difficulty == 3 and GAME24 in targets and rng.random() < 1 / (1 + patterns[GAME24]) ** 3:
-            t = GAME24              # the same weight, on the problem: without it, a+b+c-d in descending order
-            break                   # would solve 21% of them
     nums_s = ", ".join(map(str, nums))
     return {"task": "countdown", "prompt": rand_choice(rng, COUNTDOWN_PROMPTS[lang]).format(nums=nums_s, t=t),
             "answer": cd_search(nums, t)[targets[t]][1], "lang": lang, "difficulty": difficulty,

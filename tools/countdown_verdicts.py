@@ -2,6 +2,7 @@
 
     python tools/countdown_verdicts.py docs/toy_run/pretrain/samples.jsonl docs/toy_run/zero/samples.jsonl
     python tools/countdown_verdicts.py --model runs/toy/pretrain/model.pt     # teacher-forced verdicts (~1 min)
+    python tools/countdown_verdicts.py --model runs/toy24/pretrain/model.pt --level 3     # on the 24 game
 
 For every written try ("try 6+6=12, 12-1=11, need 11, no.") it compares the try's last value with the target
 restated at the start of the search ("6, 6, 1 -> 11."), and counts: verdicts by whether that value is the target,
@@ -52,11 +53,12 @@ def audit(rows) -> Counter:
     return c
 
 
-def teacher_forced(path: str, n_problems: int = 150, seed: int = 5, where: str = "search") -> dict:
+def teacher_forced(path: str, n_problems: int = 150, seed: int = 5, where: str = "search", level: int = 1) -> dict:
     """{"hit" | "miss": (verdicts, mean P(yes), share with P(yes) > 1/2)} over the verdicts of `where`:
-    "search": the worked searches of n_problems fresh level-1 training problems (English), each in the R1-Zero
-    template as the corpus writes it; "drill": n_problems of the corpus's drill documents, whose comparisons
-    ("4*8=32, need 32, yes.") are half hits and stand alone, so a model that fails there cannot compare at all."""
+    "search": the worked searches of n_problems fresh training problems of countdown level `level` (English;
+    level 3: the 24 game), each in the R1-Zero template as the corpus writes it; "drill": n_problems of the
+    corpus's drill documents, whose comparisons ("4*8=32, need 32, yes.") are half hits and stand alone, so a model
+    that fails there cannot compare at all."""
     import torch
 
     import data
@@ -71,7 +73,7 @@ def teacher_forced(path: str, n_problems: int = 150, seed: int = 5, where: str =
         if where == "drill":
             doc = data._doc_drill(rng, None)[0]
         else:
-            t = data._sample_task("countdown", rng, "train", 1, "en")
+            t = data._sample_task("countdown", rng, "train", level, "en")
             doc = data.r1zero_prompt(t) + " <think> " + toyworld.worked_solution(t, rng)[0]
         for m in re.finditer(r"=(\d+), need (\d+),", doc):
             ids = tok.encode(doc[:m.end()])[-model.args.max_seq_len:]
@@ -85,11 +87,12 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("samples", nargs="*", help="samples.jsonl files of a run's evaluations")
     ap.add_argument("--model", help="a model.pt: teacher-forced verdicts on the toy world's own searches")
+    ap.add_argument("--level", type=int, default=1, help="--model: the searches' countdown level (3: the 24 game)")
     a = ap.parse_args()
     for path in a.samples:
         with open(path) as f:
             print(path, dict(audit(json.loads(line) for line in f if line.strip())))
     if a.model:
         for where in ("search", "drill"):
-            for kind, (n, p, share) in teacher_forced(a.model, where=where).items():
+            for kind, (n, p, share) in teacher_forced(a.model, where=where, level=a.level).items():
                 print(f"{a.model}: {where}, at a {kind}: {n} verdicts, mean P(yes) {p:.3f}, says yes {share:.3f}")
