@@ -2,6 +2,7 @@
 
     python train_pipeline.py --stage zero --config toy       # evaluates the base and every eval_every RL steps
     python eval.py --probe runs/toy/pretrain/model.pt --config toy   # does thinking pay for this model? -> probe.json
+    python eval.py --probe M --config toy --difficulty.countdown '[3]' --max_new_tokens 768 --top 12  # overrides
     python eval.py --model runs/toy/zero/model.pt --config toy --eval-data test.jsonl   # a JSONL set (datasets_jsonl.py)
 
 R1 §3's protocol: sample k outputs per question at temperature 0.6 and top-p 0.95 (no greedy decoding).
@@ -250,11 +251,11 @@ WORK_RE = {"arith": re.compile(r"check:|检查:"), "countdown": re.compile(r"\bt
 
 @on_full_params   # FSDP2: whole weights for sampling (common.full_params)
 @torch.no_grad()
-def premise_probe(model, tok, cfg, dist, n: int = 48, k: int = 8) -> dict:
+def premise_probe(model, tok, cfg, dist, n: int = 48, k: int = 8, top: int = 4) -> dict:
     """On n English held-out questions per set, k samples each at the eval temperature: accuracy by how much work a
-    sample writes (countdown: tries; arithmetic: checks; buckets 0..3 and 4+), and accuracy when the completion is
-    forced to start the direct or the worked way (FORCED). -> {set: {"by_work": {bucket: [samples, accuracy]},
-    "free", "direct", "worked"}}; every rank returns the same."""
+    sample writes (countdown: tries; arithmetic: checks; buckets 0..top-1 and top+), and accuracy when the
+    completion is forced to start the direct or the worked way (FORCED). -> {set: {"by_work": {bucket: [samples,
+    accuracy]}, "free", "direct", "worked"}}; every rank returns the same."""
     e = cfg["eval"]
     out = {}
     for kind in (s for s in e["sets"] if s in FORCED):
@@ -272,8 +273,9 @@ def premise_probe(model, tok, cfg, dist, n: int = 48, k: int = 8) -> dict:
             res[style] = sum(correct) / max(1, len(correct))
             if style == "free":
                 for text, ok in zip(texts, correct):
-                    work.setdefault(min(len(WORK_RE[kind].findall(text)), 4), []).append(ok)
-        res["by_work"] = {("4+" if b == 4 else str(b)): [len(v), sum(v) / len(v)] for b, v in sorted(work.items())}
+                    work.setdefault(min(len(WORK_RE[kind].findall(text)), top), []).append(ok)
+        res["by_work"] = {(f"{top}+" if b == top else str(b)): [len(v), sum(v) / len(v)]
+                          for b, v in sorted(work.items())}
         out[kind] = res
     return out
 
@@ -285,7 +287,7 @@ def main(argv=None):
 
     from checkpoint import build_model_from_checkpoint
     from common import Dist
-    from config import load_config
+    from config import apply_overrides, check_values, load_config
     from tokenizer import get_tokenizer
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--probe", metavar="MODEL_PT", help="a base model (e.g. runs/toy/pretrain/model.pt)")
@@ -299,19 +301,20 @@ def main(argv=None):
     ap.add_argument("--config", default="toy", help="the config whose eval section and difficulty levels to use")
     ap.add_argument("-n", type=int, default=48, help="English held-out questions per set")
     ap.add_argument("-k", type=int, default=None, help="samples per question (probe: 8; --model: the config's)")
+    ap.add_argument("--top", type=int, default=4, help="probe: the last bucket of work written is 'top or more'")
     args, rest = ap.parse_known_args(argv)
     if bool(args.probe) == bool(args.model):
         raise SystemExit("error: give --probe MODEL_PT, or --model MODEL_PT --eval-data FILE")
     if args.model:
         return eval_file(args, rest)
-    if rest:
-        ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    cfg = apply_overrides(load_config(args.config), "eval", rest)     # e.g. --difficulty.countdown [3]
+    check_values(cfg, [], f"config '{args.config}'")
     if not os.path.isfile(args.probe):
         raise SystemExit(f"error: no model at {args.probe}")
     args.k = args.k or 8
-    cfg = load_config(args.config)
     model, ck = build_model_from_checkpoint(args.probe)
-    res = premise_probe(model, get_tokenizer(ck.get("tokenizer") or cfg["tokenizer"]), cfg, Dist(), args.n, args.k)
+    res = premise_probe(model, get_tokenizer(ck.get("tokenizer") or cfg["tokenizer"]), cfg, Dist(), args.n, args.k,
+                        args.top)
     path = os.path.join(os.path.dirname(os.path.abspath(args.probe)), "probe.json")
     with open(path, "w") as f:
         json.dump(res, f, indent=1)

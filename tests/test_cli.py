@@ -166,6 +166,17 @@ def test_eval_json_passed_as_a_checkpoint_is_not_a_checkpoint(tmp_path):
     assert "delete" not in line
 
 
+def test_probe_takes_config_overrides_and_names_a_bad_one(tmp_path):
+    """eval.py --probe applies overrides as train_pipeline.py does (the 24 game: --difficulty.countdown [3]); a key
+    the config does not have, or a level the world does not have, is one error line naming it."""
+    for extra, expect in ((["--no_such_knob", "3"], "unknown config key 'no_such_knob'"),
+                          (["--difficulty.countdown", "[0]"], "difficulty"),
+                          (["--difficulty.countdown", "[3]"], f"no model at {tmp_path / 'none.pt'}")):
+        r = subprocess.run([sys.executable, "eval.py", "--probe", str(tmp_path / "none.pt"), "--config", "toy",
+                            *extra], cwd=tp.ROOT, capture_output=True, text=True, timeout=120)
+        one_error(r.returncode, r.stderr, expect)
+
+
 def test_full_disk_during_a_checkpoint_keeps_the_previous_one(capsys, tmp_path, monkeypatch):
     """pretrain writes ckpt.pt at its step 2: the disk is full then. The previous ckpt.pt stays byte for byte, no
     temp file is left behind, and the run ends with one line naming the file."""
