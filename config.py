@@ -4,7 +4,8 @@
 
 A config is plain data: one section per stage (pretrain, zero, cold_start, ...), a "model" section (model.ModelArgs),
 an "eval" section and a few top-level keys. The RL stages (zero, reasoning_rl, all_rl) inherit every GRPO knob
-from the "grpo" section and override what differs. Every key of a file and of the command line is checked
+from the "grpo" section and override what differs. A preset may start from another ("extends": "toy") and state
+only what differs: its sections are merged key by key into the other's. Every key of a file and of the command line is checked
 against the fields the code reads (SCHEMA): a typo is an error that names the file, the section and the key,
 never a silently ignored setting. Every value is then checked against its allowed type and range (RULES: every
 numeric key states one) and every section against the keys the code reads without a default (REQUIRED), and the
@@ -288,8 +289,29 @@ def load_config(name_or_path: str) -> dict:
         raise SystemExit(f"error: {path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
     if not isinstance(cfg, dict):
         raise SystemExit(f"error: {path}: a config is a JSON object, got {type(cfg).__name__}")
+    if "extends" in cfg:                                    # {"extends": "toy", ...}: only what differs from toy
+        base = cfg.pop("extends")
+        if not isinstance(base, str) or len(_chain) > 8 or base in _chain:
+            raise SystemExit(f"error: {path}: \"extends\" must name another preset, not a chain back to itself "
+                             f"(got {base!r})")
+        _chain.append(base)
+        try:
+            cfg = _merged(load_config(base), cfg)
+        finally:
+            _chain.pop()
     check_keys(cfg, path)
     return cfg
+
+
+_chain = []     # the presets being loaded through "extends", to refuse a cycle
+
+
+def _merged(base: dict, over: dict) -> dict:
+    """base with over's keys: a section (dict) in both is merged key by key, any other value is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
 
 
 def _parse_value(key: str, raw: str, old):

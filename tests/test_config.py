@@ -51,6 +51,28 @@ def test_a_malformed_file_is_a_one_line_error(tmp_path):
         config.load_config(write(tmp_path, "[1, 2]"))
 
 
+def test_a_preset_extends_another_with_only_what_differs(tmp_path):
+    """configs/toy24.json is the toy config with the overrides docs/toy_run_24 was made with; an extending file's
+    typo, a missing base and a cycle are one-line errors."""
+    toy24 = config.load_config("toy24")
+    toy = config.apply_overrides(config.load_config("toy"), "zero", [
+        "--difficulty.countdown", "[3]", "--model.max_seq_len", "1024", "--pretrain.seq_len", "1024",
+        "--pretrain.batch_size", "4", "--grpo.max_new_tokens", "768", "--eval.max_new_tokens", "768"])
+    assert toy24.pop("name") == "toy24" and toy.pop("name") == "toy" and toy24 == toy
+    assert toy24["difficulty"]["arith"] == [1, 2]                    # sections merge key by key
+    path = write(tmp_path, {"extends": "toy", "pretrain": {"seqlen": 1}})
+    with pytest.raises(SystemExit, match=f"{path}.*pretrain.seqlen"):
+        config.load_config(path)
+    with pytest.raises(SystemExit, match="config 'toy_nope' not found"):
+        config.load_config(write(tmp_path, {"extends": "toy_nope"}))
+    a, b = str(tmp_path / "a.json"), str(tmp_path / "b.json")
+    write(tmp_path, {"extends": b}, "a.json")
+    write(tmp_path, {"extends": a}, "b.json")
+    with pytest.raises(SystemExit, match="chain back to itself"):
+        config.load_config(a)
+    assert config._chain == []
+
+
 def test_rl_stages_inherit_the_grpo_section_and_override_it():
     cfg = config.load_config("micro")
     assert "lr" not in cfg["zero"] and cfg["all_rl"]["temperature"] == 0.7
