@@ -28,3 +28,14 @@ def test_compare_cli(tmp_path, capsys):
     assert "arith, pass@1: 0.250 -> 1.000 (+0.750" in out and "all reasoning questions, pass@1" in out
     with pytest.raises(SystemExit, match="no .*eval_questions.jsonl"):
         report.main([str(tmp_path / "missing"), str(tmp_path / "old")])
+
+
+def test_budget_table_on_a_hand_computed_case():
+    """tools/budget.py: samples within 8 tokens of the budget count as at it; accuracy over the finished ones; rows
+    without a layout (general, safety) are left out."""
+    from tools.budget import budget_table
+    rows = [{"set": "a", "length": [384, 100], "format": [0, 1], "correct": [0, 1]},
+            {"set": "a", "length": [50, 376], "format": [1, 1], "correct": [0, 0]},
+            {"set": "general", "length": [3], "correct": [1]}]
+    assert budget_table(rows, 384) == {"a": {"samples": 4, "at budget": 0.5, "format": 0.75, "pass@1": 0.25,
+                                             "pass@1 finished": 1 / 3}}
