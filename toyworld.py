@@ -23,8 +23,8 @@ from collections import Counter
 
 # ======================================================================================== held-out split
 EVAL_EVERY = 8   # 1 canonical problem in 8 is held out for evaluation
-# ... and 1 in 4 of the 24 game's (countdown level 3): four numbers and the fixed target 24 admit only 556 problems,
-# so 1 in 8 would leave ~70 distinct ones to evaluate on. The extra quarter is drawn from the training side
+# ... and 1 in 4 of the 24 game's (countdown level 3): four numbers and the one target 24 admit only a few hundred
+# problems, too few for 96 distinct eval questions at 1 in 8. The extra eighth comes from the training side
 # (crc32 % 8 == 4), so a problem has one split whichever level draws it.
 _GAME24 = re.compile(r"countdown:\d+,\d+,\d+,\d+:24")
 
@@ -544,7 +544,7 @@ def _countdown_scratch(pad, rng, t) -> str:
                 return expr
         if best is None or abs(v - target) < best[0]:
             best = (abs(v - target), expr)
-        if rng.random() < P_QUIT[t['difficulty']]:
+        if rng.random() < P_QUIT[t["difficulty"]]:
             break
     pad.add(pad.ph["maybe"].format(best[1]))
     return best[1]
