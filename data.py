@@ -29,7 +29,8 @@ from tokenizer import (ASSISTANT, SEP, SPECIAL_TOKENS, SYSTEM, TOY_TOKENIZER, US
 from toychat import (SAFETY_ASK, general_response, general_task, make_preference_pairs, make_safety_examples,
                      safety_item, safety_response)
 from toyworld import (ARITH_LEVELS, CODE_LEVELS, PH, answer_is, arith_task, check_split, code_task, countdown_task,
-                      direct_answer, direct_think, lang_of, pick, rand_choice, rand_int, split_of, worked_solution)
+                      direct_answer, direct_think, lang_of, pick, rand_choice, rand_int, split_before_24_game, split_of,
+                      worked_solution)
 
 # ============================================================================================ prompt formats
 # R1 Table 1, verbatim (docs/PAPER.md "The R1-Zero template"), on one line.
@@ -78,8 +79,10 @@ def one_step_per_line(reasoning: str) -> str:
 
 
 # ============================================================================================== tasks
-GENERATORS = {"arith": (arith_task, ARITH_LEVELS), "countdown": (countdown_task, (1, 2, 3)),
+# kind -> (generator, the levels drawn when none is named)
+GENERATORS = {"arith": (arith_task, ARITH_LEVELS), "countdown": (countdown_task, (1, 2)),
               "code": (code_task, CODE_LEVELS), "general": (general_task, (1,))}
+NAMED_ONLY = {"countdown": (3,)}     # levels drawn only when a config names them: the 24 game (configs/toy24.json)
 KINDS = tuple(GENERATORS)
 
 
@@ -98,12 +101,13 @@ def _sample_task(kind, rng, split, difficulty=None, lang=None):
 def make_tasks(kind: str, n: int, seed: int = 0, split: str = "train", difficulty: int = None,
                lang: str = None) -> list:
     """n task dicts of `kind` (arith | countdown | code | general) from `split` (train | eval: disjoint by
-    canonical problem). difficulty None = each level equally often; lang None = ~25% Chinese. Eval sets avoid
+    canonical problem). difficulty None = each default level (GENERATORS) equally often, a NAMED_ONLY level only
+    when named; lang None = ~25% Chinese. Eval sets avoid
     repeating a problem while the problem space allows."""
     if kind not in GENERATORS:
         raise ValueError(f"unknown task kind {kind!r}; kinds: {', '.join(KINDS)}")
     check_split(split)
-    levels = GENERATORS[kind][1]
+    levels = GENERATORS[kind][1] + NAMED_ONLY.get(kind, ())
     if difficulty is not None and difficulty not in levels:
         raise ValueError(f"{kind} difficulty must be one of {levels}, got {difficulty!r}")
     if lang not in (None, "en", "zh"):
@@ -307,7 +311,8 @@ def pretrain_corpus(n_docs: int, seed: int = 0, with_meta: bool = False, difficu
 def tokenizer_texts(n_docs: int = 20000, seed: int = 0) -> list:
     """What the toy BPE is trained on: a corpus sample, preference and safety texts, and every Chinese string the
     generators can write (so that each Chinese character gets its own token)."""
-    texts = pretrain_corpus(n_docs, seed=seed)
+    with split_before_24_game():          # the world the shipped tokenizer was trained on (toyworld.split_of)
+        texts = pretrain_corpus(n_docs, seed=seed)
     texts += [p["prompt"] + " " + p["chosen"] + " " + p["rejected"] for p in make_preference_pairs(2000, seed)]
     texts += [s["prompt"] + " " + s["response"] for s in make_safety_examples(1000, seed)]
     texts.append(" ".join(_zh_strings()))
