@@ -276,8 +276,9 @@ def check_keys(cfg: dict, source: str, path: str = ""):
             check_keys(value, source, where)
 
 
-def load_config(name_or_path: str) -> dict:
-    """A preset name from configs/ (toy, micro, ...) or a path to a JSON file; its keys are checked (check_keys)."""
+def load_config(name_or_path: str, _extending: tuple = ()) -> dict:
+    """A preset name from configs/ (toy, micro, ...) or a path to a JSON file; its keys are checked (check_keys).
+    _extending: the presets whose "extends" led here, to refuse a cycle."""
     path = name_or_path if name_or_path.endswith(".json") else os.path.join(ROOT, "configs", name_or_path + ".json")
     if not os.path.exists(path):
         presets = sorted(f[:-5] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".json"))
@@ -291,19 +292,12 @@ def load_config(name_or_path: str) -> dict:
         raise SystemExit(f"error: {path}: a config is a JSON object, got {type(cfg).__name__}")
     if "extends" in cfg:                                    # {"extends": "toy", ...}: only what differs from toy
         base = cfg.pop("extends")
-        if not isinstance(base, str) or len(_chain) > 8 or base in _chain:
+        if not isinstance(base, str) or len(_extending) > 8 or base in _extending:
             raise SystemExit(f"error: {path}: \"extends\" must name another preset, not a chain back to itself "
                              f"(got {base!r})")
-        _chain.append(base)
-        try:
-            cfg = _merged(load_config(base), cfg)
-        finally:
-            _chain.pop()
+        cfg = _merged(load_config(base, _extending + (base,)), cfg)
     check_keys(cfg, path)
     return cfg
-
-
-_chain = []     # the presets being loaded through "extends", to refuse a cycle
 
 
 def _merged(base: dict, over: dict) -> dict:
