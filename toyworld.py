@@ -460,17 +460,17 @@ def countdown_task(rng, difficulty, lang):
             # the same weight, on the problem: without it, a+b+c-d in descending order would solve 21% of them
             hit = _cd_hit(tuple(nums), GAME24)
             if hit is not None and rng.random() < 1 / (1 + _cd_patterns(tuple(nums))[GAME24]) ** 3:
-                t, targets = GAME24, {GAME24: hit}
+                t = GAME24
                 break
         elif targets := _cd_targets(tuple(nums)):
             patterns = _cd_patterns(tuple(nums))
             t = pick(rng, {x: 1 / (1 + patterns[x]) ** 3 for x in targets})
+            hit = targets[t]
             break
     nums_s = ", ".join(map(str, nums))
     return {"task": "countdown", "prompt": rand_choice(rng, COUNTDOWN_PROMPTS[lang]).format(nums=nums_s, t=t),
-            "answer": cd_search(nums, t)[targets[t]][1], "lang": lang, "difficulty": difficulty,
-            "canon": f"countdown:{','.join(map(str, sorted(nums)))}:{t}", "nums": nums, "target": t,
-            "hit_at": targets[t]}
+            "answer": cd_search(nums, t)[hit][1], "lang": lang, "difficulty": difficulty,
+            "canon": f"countdown:{','.join(map(str, sorted(nums)))}:{t}", "nums": nums, "target": t, "hit_at": hit}
 
 
 def _inverse(expr: str, value: int):
