@@ -44,9 +44,9 @@ import re
 import sys
 from collections import Counter
 
+from answers import _last_boxed, countdown_correct, normalize_answer, parse_number
 from common import DataError, print0
 from data import task_from_row
-from rewards import _last_boxed, countdown_correct, normalize_answer, parse_number
 from toyworld import COUNTDOWN_PROMPTS
 
 FORMATS = ("auto", "problems", "gsm8k", "math", "countdown")

@@ -24,8 +24,9 @@ from tqdm import tqdm
 import data
 import tokenizer
 import toyworld
+from answers import SEP, extract_answer
 from common import Dist
-from rewards import SEP, accuracy_reward, cot_text, extract_answer, format_reward, response_summary, word_counts
+from rewards import accuracy_reward, cot_text, format_reward, response_summary, word_counts
 from sample import generate
 from toychat import unsafe_by_rule
 

@@ -23,9 +23,10 @@ from tqdm import tqdm
 import data
 import distill
 import toychat
+from answers import extract_answer
 from common import on_full_params, unwrap
 from reward_model import load_reward_models, rm_rewards
-from rewards import accuracy_reward, extract_answer, format_reward, language_reward
+from rewards import accuracy_reward, format_reward, language_reward
 from sample import generate
 
 REFLECTIVE = ("wait", "check", "等等", "检查")   # the "aha moment" words whose frequency RL is watched for

@@ -18,10 +18,11 @@ from tqdm import tqdm
 
 import data
 import toychat
+from answers import _strip_end_tokens, _text
 from checkpoint import load_checkpoint, save_model
 from common import MetricsLogger, unwrap
 from model import ModelArgs, Transformer
-from rewards import _column, _strip_end_tokens, _text, response_summary
+from rewards import _column, response_summary
 from sft import SFTConfig, batch_rows, lr_at, make_optimizer
 
 

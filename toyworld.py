@@ -778,7 +778,7 @@ def worked_solution(t, rng):
 
 
 def countdown_ok(expr: str, nums, target) -> bool:
-    """Whether one of our own countdown expressions (never model output: rewards.countdown_correct judges those)
+    """Whether one of our own countdown expressions (never model output: answers.countdown_correct judges those)
     uses each number once and reaches the target."""
     value = eval(expr, {"__builtins__": {}})                # our generator's "(3*5)+7": digits, + - * / ( )
     return value == target and sorted(int(x) for x in re.findall(r"\d+", expr)) == sorted(nums)

@@ -183,7 +183,7 @@ def test_cli_copies_the_chosen_assignments_and_refuses_bad_targets(tmp_path):
     assert sc.stub_message(sc.BY_NAME["kl"], sc.BY_NAME["kl"].functions[0][1]) in grpo_src
     assert grpo_src.count("raise NotImplementedError(") == 1          # group_advantages, grpo_loss untouched
     assert (out / "model.py").read_bytes() == open(os.path.join(ROOT, "model.py"), "rb").read()
-    assert (out / "rewards.py").read_text(encoding="utf-8").count("raise NotImplementedError(\"assignment 10") == 3
+    assert (out / "answers.py").read_text(encoding="utf-8").count("raise NotImplementedError(\"assignment 10") == 3
     again = subprocess.run([sys.executable, tool, str(out)], capture_output=True, text=True)
     assert again.returncode != 0 and "not empty" in again.stderr
     inside = subprocess.run([sys.executable, tool, os.path.join(ROOT, "student")], capture_output=True, text=True)

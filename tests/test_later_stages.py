@@ -12,8 +12,9 @@ import torch
 import grpo
 import report
 import train_pipeline as tp
+from answers import SEP
 from common import plot_metrics, write_jsonl
-from rewards import SEP, general_format_reward, general_language_reward
+from rewards import general_format_reward, general_language_reward
 
 # the two reward models, stood in for by constant scorers (the table is under test, not the models)
 HELPFUL = lambda prompts, completions, **c: [0.75] * len(completions)   # noqa: E731

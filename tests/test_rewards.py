@@ -16,10 +16,11 @@ from fractions import Fraction
 
 import pytest
 
+import answers as A
 import rewards as R
-from rewards import (accuracy_reward, code_reward, cold_start_format_reward, combine, countdown_correct,
-                     countdown_reward, extract_answer, extract_code, format_reward, general_reward, language_reward,
-                     math_equal, math_reward)
+from answers import countdown_correct, extract_answer, extract_code, math_equal
+from rewards import (accuracy_reward, code_reward, cold_start_format_reward, combine, countdown_reward, format_reward,
+                     general_reward, language_reward, math_reward)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IS_ROOT = os.geteuid() == 0
@@ -86,7 +87,7 @@ def test_extract_answer(text, expected):
     ("(1, 2)", "(1,2)"),                                               # a tuple: spaces after commas do not matter
 ])
 def test_math_equal(pred, gold):
-    assert math_equal(pred, gold), (pred, gold, R.normalize_answer(pred), R.normalize_answer(gold))
+    assert math_equal(pred, gold), (pred, gold, A.normalize_answer(pred), A.normalize_answer(gold))
 
 
 @pytest.mark.parametrize("pred, gold", [
@@ -111,13 +112,13 @@ def test_math_not_equal(pred, gold):
     ("\\frac{a{b}}{c}", "(a{b})/(c)"), ("{x} + \\frac12 }", "{x} + (1)/(2) }"), ("no fraction", "no fraction"),
 ])
 def test_replace_fracs(latex, expected):
-    assert R._replace_fracs(latex) == expected
+    assert A._replace_fracs(latex) == expected
 
 
 @pytest.mark.parametrize("latex", ["\\frac", "\\frac1", "\\frac{1}", "\\frac{1}{", "\\frac{1{}{2}"])
 def test_replace_fracs_malformed_is_a_value_error(latex):
     with pytest.raises(ValueError, match="frac"):
-        R._replace_fracs(latex)
+        A._replace_fracs(latex)
 
 
 def test_replace_fracs_is_linear():
@@ -125,7 +126,7 @@ def test_replace_fracs_is_linear():
     times = []
     for n in (10_000, 100_000):
         t0 = time.process_time()
-        out = R._replace_fracs("\\frac12" * n)
+        out = A._replace_fracs("\\frac12" * n)
         times.append(time.process_time() - t0)
         assert out == "(1)/(2)" * n
     assert times[1] < 0.5 and times[1] < 20 * times[0] + 0.05, times   # 10x the input, ~10x the time
@@ -196,11 +197,11 @@ def test_countdown_invalid(answer, nums, target):
 
 
 def test_countdown_value_returns_fraction_or_none():
-    assert R.countdown_value("(25 - 5) * 4", [25, 5, 4]) == 80
-    assert R.countdown_value("8 / (3 - 8 / 3)", [3, 3, 8, 8]) == 24
+    assert A.countdown_value("(25 - 5) * 4", [25, 5, 4]) == 80
+    assert A.countdown_value("8 / (3 - 8 / 3)", [3, 3, 8, 8]) == 24
     for expr in ("1 2", "1 / 0", "((1)", "", "1" * 300, None, 5, "\ufdfa" * 20):
-        assert R.countdown_value(expr, [1, 2]) is None, expr
-    assert R.countdown_value("1 + 2", None) is None
+        assert A.countdown_value(expr, [1, 2]) is None, expr
+    assert A.countdown_value("1 + 2", None) is None
 
 
 def test_countdown_reward_reads_the_answer_block():
@@ -430,20 +431,20 @@ def test_helpers_keep_their_types_on_odd_inputs():
     for x in odd:
         assert isinstance(extract_answer(x), (str, type(None))), x
         assert isinstance(extract_code(x), (str, type(None))), x
-        assert isinstance(R.parse_number(x), (Fraction, type(None))), x
+        assert isinstance(A.parse_number(x), (Fraction, type(None))), x
         assert isinstance(math_equal(x, "42"), bool) and isinstance(math_equal("42", x), bool), x
-        assert isinstance(R.general_equal(x, "42"), bool) and isinstance(R.general_equal("42", x), bool), x
+        assert isinstance(A.general_equal(x, "42"), bool) and isinstance(A.general_equal("42", x), bool), x
         assert isinstance(countdown_correct(x, [1, 2], 3), bool) and isinstance(countdown_correct("1+2", [1, 2], x),
                                                                                 bool), x
-        assert isinstance(R.countdown_value(x, [1, 2]), (Fraction, type(None))), x
+        assert isinstance(A.countdown_value(x, [1, 2]), (Fraction, type(None))), x
         try:   # documented: a str, or ValueError for malformed or over-long LaTeX
-            assert isinstance(R.normalize_answer(x), str), x
+            assert isinstance(A.normalize_answer(x), str), x
         except ValueError:
             pass
     with pytest.raises(ValueError, match="longer than"):
-        R.normalize_answer("1" * (R.MAX_ANSWER_CHARS + 1))
+        A.normalize_answer("1" * (A.MAX_ANSWER_CHARS + 1))
     with pytest.raises(ValueError, match="too long after unicode"):
-        R.normalize_answer("\ufdfa" * 1000)   # under the cap as written, 18x over it after NFKC
+        A.normalize_answer("\ufdfa" * 1000)   # under the cap as written, 18x over it after NFKC
 
 
 def test_cli_help():

@@ -15,6 +15,7 @@ from fractions import Fraction
 
 import pytest
 
+import answers as A
 import rewards as R
 
 SEED = 20240611
@@ -126,7 +127,7 @@ def _returns(fn, *types_, before=(), after=()):
     def call(text):
         v = fn(*before, text, *after)
         assert isinstance(v, types_), (type(v), types_)
-        if isinstance(v, str) and fn in (R.extract_answer, R.extract_code):
+        if isinstance(v, str) and fn in (A.extract_answer, A.extract_code):
             assert len(v) <= len(text)   # a substring of the completion, never something larger
     return call
 
@@ -134,7 +135,7 @@ def _returns(fn, *types_, before=(), after=()):
 def _normalize(text):
     """normalize_answer documents a ValueError for malformed or over-long answers; anything else is a bug."""
     try:
-        assert isinstance(R.normalize_answer(text), str)
+        assert isinstance(A.normalize_answer(text), str)
     except ValueError:
         pass
 
@@ -148,16 +149,16 @@ CALLS = {
     "cold_start_format_reward": _reward(R.cold_start_format_reward),
     "language_reward[en]": _reward(R.language_reward, lang=["en"]),
     "language_reward[zh]": _reward(R.language_reward, lang=["zh"]),
-    "extract_answer": _returns(R.extract_answer, str, type(None)),
-    "extract_code": _returns(R.extract_code, str, type(None)),
+    "extract_answer": _returns(A.extract_answer, str, type(None)),
+    "extract_code": _returns(A.extract_code, str, type(None)),
     "normalize_answer": _normalize,
-    "parse_number": _returns(R.parse_number, Fraction, type(None)),
-    "math_equal(text, gold)": _returns(R.math_equal, bool, after=(GOLD,)),
-    "math_equal(gold, text)": _returns(R.math_equal, bool, before=(GOLD,)),
-    "general_equal": _returns(R.general_equal, bool, after=(GOLD,)),
-    "countdown_correct": _returns(R.countdown_correct, bool, after=(NUMS, TARGET)),
-    "countdown_value": _returns(R.countdown_value, Fraction, type(None), after=(NUMS,)),
-    "split_cold_start": _returns(R.split_cold_start, tuple, type(None)),
+    "parse_number": _returns(A.parse_number, Fraction, type(None)),
+    "math_equal(text, gold)": _returns(A.math_equal, bool, after=(GOLD,)),
+    "math_equal(gold, text)": _returns(A.math_equal, bool, before=(GOLD,)),
+    "general_equal": _returns(A.general_equal, bool, after=(GOLD,)),
+    "countdown_correct": _returns(A.countdown_correct, bool, after=(NUMS, TARGET)),
+    "countdown_value": _returns(A.countdown_value, Fraction, type(None), after=(NUMS,)),
+    "split_cold_start": _returns(A.split_cold_start, tuple, type(None)),
     "cot_text": _returns(R.cot_text, str),
     "response_summary": _returns(R.response_summary, str, type(None)),
 }

@@ -97,7 +97,7 @@ ASSIGNMENTS = (
         "R1 §3 and the pi_old of R1 eq. 1", "tests/test_sample.py", "sampled_logprobs or seed_reproducible",
         needs=("nucleus", "chunked_logprobs", "routing", "mla_decode")),
     Assignment(
-        "countdown", "rewards.py",
+        "countdown", "answers.py",
         (("_eval_countdown", "the whitelisted AST walk with exact Fractions (R1 §2.2.2 accuracy reward)"),
          ("countdown_value", "the countdown value: character check, ast.parse, each number used once"),
          ("countdown_correct", "the countdown check: optional '= target', value == target")),
