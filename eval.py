@@ -248,6 +248,14 @@ FORCED = {"arith": {"direct": lambda t: " <think> so", "worked": lambda t: f" <t
           "countdown": {"direct": lambda t: " <think> so",
                         "worked": lambda t: f" <think> {', '.join(map(str, t['nums']))} -> {t['target']}."}}
 WORK_RE = {"arith": re.compile(r"check:|检查:"), "countdown": re.compile(r"\btry\b|试")}
+RESTATE_RE = re.compile(r"\s*<think>\s*\d")     # a pad that opens by restating the problem (a direct one: "so ...")
+
+
+def restated_right(kind: str, tasks: list, texts: list) -> list:
+    """[how many samples open by restating the problem, the share of them that restate it exactly (FORCED's worked
+    prefix)]. A base that copies the problem wrong searches the wrong problem (docs/toy_run_24_seed7)."""
+    said = [text.startswith(FORCED[kind]["worked"](t)) for t, text in zip(tasks, texts) if RESTATE_RE.match(text)]
+    return [len(said), sum(said) / max(1, len(said))]
 
 
 @on_full_params   # FSDP2: whole weights for sampling (common.full_params)
@@ -256,7 +264,8 @@ def premise_probe(model, tok, cfg, dist, n: int = 48, k: int = 8, top: int = 4) 
     """On n English held-out questions per set, k samples each at the eval temperature: accuracy by how much work a
     sample writes (countdown: tries; arithmetic: checks; buckets 0..top-1 and top+), and accuracy when the
     completion is forced to start the direct or the worked way (FORCED). -> {set: {"by_work": {bucket: [samples,
-    accuracy]}, "free", "direct", "worked"}}; every rank returns the same."""
+    accuracy]}, "free", "direct", "worked", "restated": restated_right of the free samples}}; every rank returns
+    the same."""
     e = cfg["eval"]
     out = {}
     for kind in (s for s in e["sets"] if s in FORCED):
@@ -273,6 +282,7 @@ def premise_probe(model, tok, cfg, dist, n: int = 48, k: int = 8, top: int = 4) 
             correct = accuracy_reward([o[1] for o in outs], texts, **cols)
             res[style] = sum(correct) / max(1, len(correct))
             if style == "free":
+                res["restated"] = restated_right(kind, [o[0] for o in outs], texts)
                 for text, ok in zip(texts, correct):
                     work.setdefault(min(len(WORK_RE[kind].findall(text)), top), []).append(ok)
         res["by_work"] = {(f"{top}+" if b == top else str(b)): [len(v), sum(v) / len(v)]
@@ -323,6 +333,8 @@ def main(argv=None):
         work = "  ".join(f"{b}: {acc:.3f} ({cnt})" for b, (cnt, acc) in r["by_work"].items())
         print(f"{kind}: free {r['free']:.3f}  forced direct {r['direct']:.3f}  forced worked {r['worked']:.3f}")
         print(f"  accuracy by {'tries' if kind == 'countdown' else 'checks'} written: {work}")
+        print(f"  the problem restated exactly in {r['restated'][1]:.3f} of the {r['restated'][0]} free samples that "
+              "restate it")
     print(f"wrote {path} (`python train_pipeline.py --stage report --config NAME` puts it into report.md)")
 
 

@@ -4,7 +4,7 @@
 """
 import pytest
 
-from eval import _consensus, effective_reflection, paired_bootstrap
+from eval import _consensus, effective_reflection, paired_bootstrap, restated_right
 
 
 def test_paired_bootstrap_on_a_hand_computed_case():
@@ -35,3 +35,16 @@ def test_consensus_votes_the_most_frequent_answer():
     assert _consensus([1.0, 0.0, 0.0], ["12", " 13", "13"]) == 0.0
     assert _consensus([1.0, 1.0, 0.0], ["12", "12 ", "13"]) == 1.0
     assert _consensus([0.0, 0.0], [None, " "]) == 0.0
+
+
+def test_restated_right_counts_the_pads_that_copy_the_problem_exactly():
+    arith = {"a": 51, "op": "-", "b": 18}
+    texts = [" <think> 51-18. ones: 1-8 ...", " <think> 51-11. ones: 1-1=0 ...", " <think> so 33 </think>",
+             " The answer is 33."]
+    assert restated_right("arith", [arith] * 4, texts) == [2, 0.5]     # two pads restate it, one of them right
+    game = {"nums": [6, 1, 3, 7], "target": 24}
+    texts = [" <think> 6, 1, 3, 7 -> 24. 6 and 1, then 3, 7: try ...", " <think> 6, 1, 3, 8 -> 24. try ...",
+             " <think> 6, 1, 3, 7 -> 42. try ..."]
+    assert restated_right("countdown", [game] * 3, texts) == [3, 1 / 3]
+    assert restated_right("countdown", [game], [" <think> so 6*3+7-1 </think>"]) == [0, 0.0]
+
