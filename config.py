@@ -5,9 +5,9 @@
 A config is plain data: one section per stage (pretrain, zero, cold_start, ...), a "model" section (model.ModelArgs),
 an "eval" section and a few top-level keys. The RL stages (zero, reasoning_rl, all_rl) inherit every GRPO knob
 from the "grpo" section and override what differs. A preset may start from another ("extends": "toy") and state
-only what differs: its sections are merged key by key into the other's. Every key of a file and of the command line is checked
-against the fields the code reads (SCHEMA): a typo is an error that names the file, the section and the key,
-never a silently ignored setting. Every value is then checked against its allowed type and range (RULES: every
+only what differs: its sections are merged key by key into the other's. Every key of a file and of the command
+line is checked against the fields the code reads (SCHEMA): a typo is an error that names the file, the section
+and the key, never a silently ignored setting. Every value is then checked against its allowed type and range (RULES: every
 numeric key states one) and every section against the keys the code reads without a default (REQUIRED), and the
 trainers' own dataclasses (grpo.GRPOConfig, sft.SFTConfig, model.ModelArgs) check how values relate, all before the
 first stage starts: a bad value is one line naming the key and what it may be, never a traceback ten minutes in.

@@ -131,9 +131,9 @@ _warned = set()
 
 
 def accuracy_reward(prompts, completions, task=None, **columns):
-    """R1 §2.2.2 accuracy reward (Reward_acc: rule-based, no neural reward on reasoning), by task: arith/math -> math_reward, countdown -> countdown_reward,
-    code -> code_reward (one batched sandbox call), general -> general_reward. No task column -> math.
-    An unknown task scores 0.0 (with one warning per name)."""
+    """R1 §2.2.2 accuracy reward (Reward_acc: rule-based, no neural reward on reasoning), by task: arith/math ->
+    math_reward, countdown -> countdown_reward, code -> code_reward (one batched sandbox call), general ->
+    general_reward. No task column -> math. An unknown task scores 0.0 (with one warning per name)."""
     n = len(completions)
     prompts = _column(prompts, n, "prompts", "")
     tasks = _column(task, n, "task", "math")
