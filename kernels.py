@@ -1260,25 +1260,43 @@ def _grouped_mm_fits(x, w1, dtype) -> bool:
 
 
 def _moe_ffn_grouped(x, topk_idx, topk_weight, w1, w3, w2, dtype):
-    """moe_ffn_ref's arithmetic (the same pair order, the same products) with the loop replaced by grouped GEMMs."""
+    """moe_ffn_ref's arithmetic (the same products, each token's K rows summed in the same order) with the loop
+    replaced by grouped GEMMs over expert segments whose row counts are rounded up by _bucket_rows (zero rows)."""
     N, K = topk_idx.shape
-    E = w1.shape[0]
+    E, D = w1.shape[0], x.shape[1]
     if N * E <= _MOE_ALL_EXPERTS_ROWS:
         return _moe_ffn_all_experts(x, topk_idx, topk_weight, w1, w3, w2, dtype)
     if N * K <= E:
         return _moe_ffn_gathered(x, topk_idx, topk_weight, w1, w3, w2, dtype)
     flat = topk_idx.reshape(-1)                                             # (N*K,) expert of each pair
     order = flat.argsort(stable=True)                                       # pairs grouped by expert
-    token = order // K                                                      # (N*K,) token of each sorted pair
-    offs = torch.bincount(flat, minlength=E).cumsum(0).to(torch.int32)      # (E,) end row of each expert
+    counts = torch.bincount(flat, minlength=E)                              # (E,) pairs per expert
+    padded = _bucket_rows(counts)                                           # (E,) rows per expert segment
+    ends = padded.cumsum(0)
+    e = flat[order]                                                         # expert of each sorted pair
+    row = torch.arange(N * K, device=x.device) - (counts.cumsum(0) - counts)[e] + (ends - padded)[e]
+    R = int(ends[-1])
+    token = torch.full((R,), N, dtype=torch.long, device=x.device).index_copy_(0, row, order // K)   # N: a zero row
+    gate = topk_weight.new_zeros(R).index_copy_(0, row, topk_weight.reshape(-1)[order])                # 0 on padding
     if dtype != x.dtype or dtype != w1.dtype:     # autocast: cast once, as `@` would per expert slice
         w1, w3, w2 = w1.to(dtype), w3.to(dtype), w2.to(dtype)
-    xs = x.to(dtype).index_select(0, token)                                 # (N*K, D) the permuted rows
-    h1 = torch._grouped_mm(xs, w1, offs=offs)                               # (N*K, I)
+    xs = torch.cat([x.to(dtype), x.new_zeros(1, D, dtype=dtype)]).index_select(0, token)   # (R, D) permuted rows
+    offs = ends.to(torch.int32)                                             # (E,) end row of each segment
+    h1 = torch._grouped_mm(xs, w1, offs=offs)                               # (R, I)
     h3 = torch._grouped_mm(xs, w3, offs=offs)
-    ys = torch._grouped_mm(swiglu_ref(h1, h3), w2, offs=offs)               # (N*K, D)
-    ys = ys * topk_weight.reshape(-1)[order, None].to(x.dtype)
-    return torch.zeros_like(x).index_add(0, token, ys)                      # unpermute: sum each token's K rows
+    ys = torch._grouped_mm(swiglu_ref(h1, h3), w2, offs=offs)               # (R, D)
+    ys = ys * gate[:, None].to(x.dtype)
+    return x.new_zeros(N + 1, D).index_add(0, token, ys)[:N]              # unpermute: sum each token's K rows
+
+
+def _bucket_rows(counts):
+    """Row counts rounded up to keep only their 5 leading bits (at most 1/16 more rows): a few sizes per octave
+    instead of a new one every step. oneDNN, which runs bf16 matmuls on CPU, builds a kernel for each new shape
+    (~1 ms each, vs ~0.1 ms for the product itself at the toy's size), and the routed row counts change with every
+    batch; bucketed, the kernels are built once and reused (toy pretraining step, bf16 on an AMX CPU: 551 -> 293 ms,
+    bench/train.py). The extra rows are zeros and carry gate weight 0."""
+    q = 2 ** (torch.log2(counts.clamp(min=1).double()).floor().long() - 4).clamp(min=0)   # (E,) bucket width
+    return (counts + q - 1) // q * q
 
 
 # A decode step's few tokens: every expert on every token in 3 batched matmuls (E x N rows, E/K times the FLOPs

@@ -4,7 +4,8 @@
 
   grouped MoE      kernels.moe_ffn's CPU paths (torch._grouped_mm, no loop over experts; for a decode step's few
                    tokens all experts in batched matmuls, or gathered expert weights) == kernels.moe_ffn_ref,
-                   forward and every gradient, fp32, at a nice and a weird shape with an expert that gets no token
+                   forward and every gradient, fp32, at a nice and a weird shape with an expert that gets no token;
+                   the experts' segments padded to a few bucketed sizes (kernels._bucket_rows) change no value
   attention        kernels.attention's CPU path (SDPA's fused kernel, narrower head dim zero-padded) == attention_ref
   rope             kernels.apply_rope's CPU path (one complex multiply) == apply_rope_ref
   AdamW            common.adamw (fused) == torch's per-parameter AdamW loop
@@ -57,6 +58,27 @@ def test_grouped_moe_equals_reference(N, D, I, E, K, monkeypatch):
         torch.testing.assert_close(a, b, **TIGHT, msg=lambda m, name=name: f"d{name}: {m}")
     dw1 = _grads(kernels.moe_ffn(x, idx, w, w1, w3, w2), [w1])[0]
     assert dw1[E - 2].abs().max() == 0 and dw1[0].abs().max() > 0
+
+
+def test_bucketed_expert_segments(monkeypatch):
+    """The grouped GEMMs see each expert's rows padded to a bucketed size: at most 1/16 more rows, every segment
+    size a few leading bits wide (so a varying routing repeats the same GEMM shapes), counts 0 and 1..16 kept."""
+    c = torch.arange(0, 5000)
+    b = kernels._bucket_rows(c)
+    assert torch.equal(b[:17], c[:17]) and (b >= c).all() and (b <= c + c // 16).all()
+    assert len(set(b[1025:2049].tolist())) == 16          # 16 sizes per octave (1088 .. 2048), not 1024
+    bits = [v >> (v.bit_length() - 5) << (v.bit_length() - 5) == v for v in b[32:].tolist()]
+    assert all(bits)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x, idx, w, w1, w3, w2 = _moe_inputs(300, 32, 16, 4, 2, empty=3)
+    seen = []
+    real = torch._grouped_mm
+    monkeypatch.setattr(torch, "_grouped_mm", lambda a, b, offs: seen.append(offs.clone()) or real(a, b, offs=offs))
+    out = kernels.moe_ffn(x, idx, w, w1, w3, w2)
+    sizes = torch.diff(seen[0], prepend=seen[0].new_zeros(1)).long()
+    counts = torch.bincount(idx.reshape(-1), minlength=4)
+    assert torch.equal(sizes, kernels._bucket_rows(counts)) and not torch.equal(sizes, counts)
+    torch.testing.assert_close(out, kernels.moe_ffn_ref(x, idx, w, w1, w3, w2), **TIGHT)
 
 
 @pytest.mark.parametrize("path,N,K", [("all_experts", 5, 2), ("all_experts", 3, 3), ("gathered", 1, 2),
