@@ -52,12 +52,12 @@ def test_a_malformed_file_is_a_one_line_error(tmp_path):
 
 
 def test_a_preset_extends_another_with_only_what_differs(tmp_path):
-    """configs/toy24.json is the toy config with the overrides docs/toy_run_24 was made with; an extending file's
-    typo, a missing base and a cycle are one-line errors."""
+    """configs/toy24.json is the toy config with the overrides docs/toy_run_24 was made with, and 3000 pretraining
+    steps (docs/toy_run_24_p3k); an extending file's typo, a missing base and a cycle are one-line errors."""
     toy24 = config.load_config("toy24")
     toy = config.apply_overrides(config.load_config("toy"), "zero", [
         "--difficulty.countdown", "[3]", "--model.max_seq_len", "1024", "--pretrain.seq_len", "1024",
-        "--pretrain.batch_size", "4", "--grpo.max_new_tokens", "768", "--eval.max_new_tokens", "768"])
+        "--pretrain.batch_size", "4", "--pretrain.steps", "3000", "--grpo.max_new_tokens", "768", "--eval.max_new_tokens", "768"])
     assert toy24.pop("name") == "toy24" and toy.pop("name") == "toy" and toy24 == toy
     assert toy24["difficulty"]["arith"] == [1, 2]                    # sections merge key by key
     path = write(tmp_path, {"extends": "toy", "pretrain": {"seqlen": 1}})
