@@ -1293,7 +1293,7 @@ def _bucket_rows(counts):
     """Row counts rounded up to keep only their 5 leading bits (at most 1/16 more rows): a few sizes per octave
     instead of a new one every step. oneDNN, which runs bf16 matmuls on CPU, builds a kernel for each new shape
     (~1 ms each, vs ~0.1 ms for the product itself at the toy's size), and the routed row counts change with every
-    batch; bucketed, the kernels are built once and reused (toy pretraining step, bf16 on an AMX CPU: 551 -> 293 ms,
+    batch; bucketed, the kernels are built once and reused (toy pretraining step, bf16 on an AMX CPU: 538 -> 297 ms,
     bench/train.py). The extra rows are zeros and carry gate weight 0."""
     q = 2 ** (torch.log2(counts.clamp(min=1).double()).floor().long() - 4).clamp(min=0)   # (E,) bucket width
     return (counts + q - 1) // q * q

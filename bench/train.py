@@ -19,7 +19,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import autocast, get_peak_flops, run_cli, uses_bf16  # noqa: E402
+from common import autocast, cpuinfo, get_peak_flops, run_cli, uses_bf16  # noqa: E402
 from config import load_config  # noqa: E402
 from model import ModelArgs, Transformer  # noqa: E402
 from sft import SFTConfig, make_optimizer  # noqa: E402
@@ -86,7 +86,7 @@ def main(argv=None):
     tok_s = B * T / step
     peak = get_peak_flops(device, dtype=torch.bfloat16 if bf16 else torch.float32)
     achieved = c["train_flops_per_token"] * tok_s
-    rows = [("device", f"{device.type}: {_cpu_name()} ({torch.get_num_threads()} threads)" if device.type == "cpu"
+    rows = [("device", f"{device.type}: {cpuinfo('model name') or 'unknown CPU'} ({torch.get_num_threads()} threads)" if device.type == "cpu"
              else torch.cuda.get_device_name()),
             ("config", os.path.basename(a.config).removesuffix(".json")), ("matmul dtype", "bf16 (autocast)" if bf16 else "fp32"), ("batch x seq_len", f"{B} x {T}"),
             ("params total / active", f"{c['total_params'] / 1e6:.2f}M / {c['active_params'] / 1e6:.2f}M"),
@@ -101,16 +101,6 @@ def main(argv=None):
         with open(a.out, "w") as f:
             f.write(table + "\n")
         print(f"wrote {a.out}")
-
-
-def _cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo): timings on one CPU say little about another (bf16 is 2x faster than
-    fp32 on one, slower on the next)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "unknown CPU")
-    except OSError:
-        return "unknown CPU"
 
 
 if __name__ == "__main__":
