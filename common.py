@@ -556,11 +556,12 @@ def resident_mb() -> dict:
 class PeakRSS:
     """`with PeakRSS() as m: ...` -> m.peak_mb: the resident memory's maximum over the block, sampled every
     `every` seconds by a daemon thread (VmHWM is the whole process's peak, and resetting it through clear_refs
-    would also reset the figure /usr/bin/time -v reports); m.end_mb: resident at the block's end."""
+    would also reset the figure /usr/bin/time -v reports); m.end_mb: resident at the block's end; m.seconds: the
+    block's wall time."""
 
     def __init__(self, every: float = 0.1):
         import threading
-        self.every, self.peak_mb, self.end_mb = every, resident_mb()["rss_mb"], None
+        self.every, self.peak_mb, self.end_mb, self.seconds = every, resident_mb()["rss_mb"], None, None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -571,11 +572,13 @@ class PeakRSS:
                 self.peak_mb = max(self.peak_mb or 0.0, now)
 
     def __enter__(self):
+        self._t0 = time.perf_counter()
         if self.peak_mb is not None:
             self._thread.start()
         return self
 
     def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self._t0
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()

@@ -74,6 +74,8 @@ def write_report(cfg: dict, run: str, products: list):
         lines += ["", "## SFT data (what the filters kept)", ""]
         lines += [f"- {st}: " + "; ".join(f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in stats.items())
                   for st, stats in sft_stats.items() if stats]
+        lines += ["", "Where each SFT set's examples come from (share of its data.jsonl records, by source):", ""]
+        lines += [f"- {st}: {line}" for st in sft_stats if (line := source_shares(os.path.join(run, st, "data.jsonl")))]
     comp = read_json(os.path.join(run, "distill", "compute.json"))
     if comp:
         lines += ["", "## Distillation vs RL on the small student (R1 Table 6)", "",
@@ -93,17 +95,39 @@ def write_report(cfg: dict, run: str, products: list):
         f.write("\n".join(lines) + "\n")
 
 
+SOURCES = {"zero": "R1-Zero's outputs", "reasoning_rl": "Step2's outputs", "all_rl": "R1's outputs",
+           "base": "the base model's general answers", "corpus": "the toy world's own solutions (the hand-made share)"}
+
+
+def source_shares(path: str) -> str:
+    """"640 examples: 82.3% the toy world's own solutions ..., 17.7% R1-Zero's outputs": how much of an SFT set is
+    the model's own samples and how much comes from anywhere else (the "source" of each record, distill.collect and
+    the top-ups); "" when the file is missing."""
+    if not os.path.exists(path):
+        return ""
+    counts = {}
+    for r in read_jsonl(path):
+        counts[r.get("source") or "?"] = counts.get(r.get("source") or "?", 0) + 1
+    n = sum(counts.values())
+    return f"{n} examples: " + ", ".join(f"{100 * c / n:.1f}% {SOURCES.get(src, src)}" for src, c in
+                                        sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def memory_section(run: str) -> list:
-    """The resident memory of each stage of `--stage all` (runs/<name>/memory.jsonl, train_pipeline.log_memory; the
-    last line per stage): its peak, at its end, after release_memory, and the process's peak so far."""
+    """The wall time and resident memory of each stage of `--stage all` (runs/<name>/memory.jsonl,
+    train_pipeline.log_memory; the last line per stage): minutes, the memory's peak, at the stage's end, after
+    release_memory, and the process's peak so far."""
     path = os.path.join(run, "memory.jsonl")
     if not os.path.exists(path):
         return []
     last = {r["stage"]: r for r in read_jsonl(path)}
-    out = ["", "## Resident memory per stage (MB, `--stage all`, rank 0)", "",
-           "| stage | peak during the stage | at its end | after release | process peak so far |", "|---|---|---|---|---|"]
-    return out + [f"| {st} | " + " | ".join("-" if r.get(k) is None else f"{r[k]:.0f}" for k in (
-        "peak_rss_mb", "end_rss_mb", "released_rss_mb", "process_peak_mb")) + " |" for st, r in last.items()]
+    out = ["", "## Wall time (minutes) and resident memory (MB) per stage (`--stage all`, rank 0)", "",
+           "| stage | minutes | peak during the stage | at its end | after release | process peak so far |",
+           "|---|---|---|---|---|---|"]
+    cell = {"seconds": lambda v: f"{v / 60:.1f}"}
+    return out + [f"| {st} | " + " | ".join("-" if r.get(k) is None else cell.get(k, lambda v: f"{v:.0f}")(r[k])
+                                             for k in ("seconds", "peak_rss_mb", "end_rss_mb", "released_rss_mb",
+                                                       "process_peak_mb")) + " |" for st, r in last.items()]
 
 
 def _questions(run: str, stage: str):

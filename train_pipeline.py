@@ -585,12 +585,14 @@ def stage_all(cfg, args, dist):
 
 
 def log_memory(cfg, stage, mem, dist):
-    """One line per stage of `--stage all` in runs/<name>/memory.jsonl and on the console: this rank's resident
-    memory (MB) at its peak during the stage (common.PeakRSS), at its end, after release_memory, and the process's
-    peak so far (VmHWM). A peak that keeps growing from stage to stage means something outlives its stage."""
+    """One line per stage of `--stage all` in runs/<name>/memory.jsonl and on the console: the stage's wall time
+    (this invocation's: a resumed stage counts from the resume), this rank's resident memory (MB) at its peak during
+    the stage (common.PeakRSS), at its end, after release_memory, and the process's peak so far (VmHWM). A peak that
+    keeps growing from stage to stage means something outlives its stage."""
     now = resident_mb()
-    row = {"stage": stage, "peak_rss_mb": mem.peak_mb, "end_rss_mb": mem.end_mb, "released_rss_mb": now["rss_mb"],
-           "process_peak_mb": now["peak_mb"]}
+    row = {"stage": stage, "seconds": mem.seconds, "peak_rss_mb": mem.peak_mb, "end_rss_mb": mem.end_mb,
+           "released_rss_mb": now["rss_mb"], "process_peak_mb": now["peak_mb"]}
+    print0(f"[all] {stage}: {mem.seconds / 60:.1f} min")
     if mem.peak_mb is not None:
         print0(f"[all] {stage}: resident memory {mem.peak_mb:.0f} MB at the stage's peak, {mem.end_mb:.0f} MB at its "
                f"end, {now['rss_mb']:.0f} MB after release (process peak {now['peak_mb']:.0f} MB)")

@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -274,3 +275,16 @@ def test_two_processes_match_one_process(mode, two_process_results, one_process_
     for k in ref["state"]:
         torch.testing.assert_close(res["state"][k], ref["state"][k], msg=lambda m: f"{mode} {k}: {m}")
     assert not torch.equal(ref["state"]["layers.0.bias"], torch.zeros(8))   # the bias did move
+
+
+def test_peak_rss_sees_an_allocation_and_times_the_block():
+    import common
+    with common.PeakRSS(every=0.01) as m:
+        x = bytearray(200 * 2 ** 20)          # 200 MB, touched
+        for i in range(0, len(x), 4096):
+            x[i] = 1
+        time.sleep(0.05)
+        del x
+    assert m.seconds >= 0.05
+    if m.peak_mb is not None:                 # Linux: /proc/self/status
+        assert m.peak_mb >= m.end_mb + 150

@@ -39,3 +39,25 @@ def test_budget_table_on_a_hand_computed_case():
             {"set": "general", "length": [3], "correct": [1]}]
     assert budget_table(rows, 384) == {"a": {"samples": 4, "at budget": 0.5, "format": 0.75, "pass@1": 0.25,
                                              "pass@1 finished": 1 / 3}}
+
+
+def test_memory_section_takes_each_stages_last_line(tmp_path):
+    """A resumed stage appends a second line to memory.jsonl: the table shows the last one, in minutes and MB."""
+    write_jsonl(str(tmp_path / "memory.jsonl"), [
+        {"stage": "pretrain", "seconds": 600.0, "peak_rss_mb": 1500.4, "end_rss_mb": 1400.0, "released_rss_mb": 900.0,
+         "process_peak_mb": 1500.0},
+        {"stage": "pretrain", "seconds": 90.0, "peak_rss_mb": 1200.0, "end_rss_mb": 1100.0, "released_rss_mb": 800.0,
+         "process_peak_mb": 1500.0},
+        {"stage": "zero", "seconds": None, "peak_rss_mb": 2000.0, "end_rss_mb": 1900.0, "released_rss_mb": 1000.0,
+         "process_peak_mb": 2000.0}])
+    rows = [r for r in report.memory_section(str(tmp_path)) if r.startswith("| pretrain") or r.startswith("| zero")]
+    assert rows == ["| pretrain | 1.5 | 1200 | 1100 | 800 | 1500 |", "| zero | - | 2000 | 1900 | 1000 | 2000 |"]
+    assert report.memory_section(str(tmp_path / "none")) == []
+
+
+def test_source_shares_counts_each_records_source(tmp_path):
+    path = str(tmp_path / "data.jsonl")
+    write_jsonl(path, [{"source": "zero"}] * 3 + [{"source": "corpus"}])
+    assert report.source_shares(path) == ("4 examples: 75.0% R1-Zero's outputs, 25.0% the toy world's own solutions "
+                                          "(the hand-made share)")
+    assert report.source_shares(str(tmp_path / "missing.jsonl")) == ""
