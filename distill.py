@@ -25,7 +25,7 @@ import data
 import tokenizer
 import toyworld
 from answers import SEP, extract_answer
-from common import Dist
+from common import Dist, trim_heap
 from rewards import accuracy_reward, cot_text, format_reward, response_summary, word_counts
 from sample import generate
 from toychat import unsafe_by_rule
@@ -188,6 +188,7 @@ def sample(model, tok, tasks: list, prompt_fn, *, n: int, temperature: float, to
         for j, p in enumerate(prompts):
             end = int(gen.lengths[j]) - int(gen.finished[j])
             out.append((chunk[j // n], p, tok.decode(gen.tokens[j, :end].tolist()), bool(gen.finished[j])))
+        trim_heap()                               # this batch's freed cache back to the system (common.trim_heap)
     return out
 
 

@@ -24,7 +24,7 @@ import data
 import distill
 import toychat
 from answers import extract_answer
-from common import on_full_params, unwrap
+from common import on_full_params, trim_heap, unwrap
 from reward_model import load_reward_models, rm_rewards
 from rewards import accuracy_reward, format_reward, language_reward
 from sample import generate
@@ -123,6 +123,7 @@ def evaluate(model, tok, sets: dict, *, k: int, temperature: float, top_p: float
             if dist.is_main and len(samples) < n_samples * (list(sets).index(name) + 1):
                 samples += [{"set": name, "prompt": chunk[0]["prompt"], "answer": chunk[0]["answer"],
                              "completion": texts[0], "correct": per_sample["correct"][0]}]
+            trim_heap()                          # this batch's freed cache back to the system (common.trim_heap)
             for j in range(len(texts)):          # "aha" samples: right after catching its own slip (R1 §2.2.4)
                 if dist.is_main and per_sample["reflect_eff"][j] and per_sample["correct"][j] > 0.999 and \
                         sum(s.get("aha", False) and s["set"] == name for s in samples) < 3:

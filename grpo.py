@@ -45,7 +45,7 @@ import ep
 import kernels
 from checkpoint import load_resumable, save_model
 from common import (Dist, MetricsLogger, adamw, autocast, clip_grad_norm, full_params, load_model_state_dict,
-                    model_state_dict, print0, unwrap)
+                    model_state_dict, print0, trim_heap, unwrap)
 from rewards import combine
 from sample import generate
 
@@ -753,6 +753,7 @@ def train(policy, ref_model, optimizer, tasks, reward_fn, tokenizer, cfg: GRPOCo
         m = grpo_step(policy, ref_model, optimizer, batch[dist.rank::dist.world_size], reward_fn, tokenizer, cfg,
                       step, dist, prompt_fn=prompt_fn, count_words=count_words, text_flags=text_flags)
         logger.log(step=step, **m)
+        trim_heap()                                              # the step's freed tensors back to the system
         bar.set_postfix(reward=f"{m['reward']:.2f}", acc=f"{m.get('accuracy', 0):.2f}",
                         len=f"{m['response_length']:.0f}", tok_s=f"{m['tokens_per_s']:.0f}")
         if (step + 1) % ckpt_every == 0 or step == steps - 1:

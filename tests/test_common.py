@@ -288,3 +288,18 @@ def test_peak_rss_sees_an_allocation_and_times_the_block():
     assert m.seconds >= 0.05
     if m.peak_mb is not None:                 # Linux: /proc/self/status
         assert m.peak_mb >= m.end_mb + 150
+
+
+def test_trim_heap_returns_freed_heap_pages():
+    """Tensors of heap size (100 KB, under glibc's mmap threshold), nine in ten freed: glibc keeps their pages
+    (the kept tenth pins the heap) until trim_heap hands them back. The RL stages' memory growth, in miniature."""
+    import common
+    if common.resident_mb()["rss_mb"] is None or not os.path.exists("/proc/self/status"):
+        pytest.skip("needs Linux's /proc/self/status to read the resident size")
+    xs = [torch.ones(25_000) for _ in range(2000)]          # 200 MB
+    keep = xs[::10]
+    del xs
+    held = common.resident_mb()["rss_mb"]
+    common.trim_heap()
+    assert common.resident_mb()["rss_mb"] < held - 100       # most of the 180 MB freed goes back
+    assert len(keep) == 200
