@@ -128,6 +128,19 @@ def test_compiled_decode_step_gives_the_eager_tokens():
                        generate(m, prompts, 8, temperature=0).tokens)
 
 
+def test_compiled_decode_of_a_batch_past_the_all_experts_size():
+    """A decode batch with more (row, expert) products than kernels._MOE_ALL_EXPERTS_ROWS (80 rows x 8 experts):
+    eagerly its MoE goes through torch._grouped_mm, whose fake-tensor kernel accepts only bf16, so tracing the fp32
+    step through it failed (an evaluation at batch 128+ crashed). Compiled, the step takes the all-experts products
+    and gives the eager greedy tokens."""
+    import kernels
+    m = tiny_model(seed=5)
+    prompts = PROMPTS * 20
+    assert len(prompts) * m.args.n_routed_experts > kernels._MOE_ALL_EXPERTS_ROWS
+    assert torch.equal(generate(m, prompts, 6, temperature=0, compiled=True).tokens,
+                       generate(m, prompts, 6, temperature=0).tokens)
+
+
 def test_a_compiled_step_that_cannot_be_built_falls_back_to_eager(monkeypatch):
     """A machine where torch.compile cannot build code (no C compiler): one warning that names the error, then the
     eager step, with the eager tokens; later calls do not try again. Any other error still propagates."""
