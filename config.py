@@ -28,7 +28,8 @@ RL_STAGES = ("zero", "reasoning_rl", "all_rl")
 _MODEL = {f.name for f in fields(ModelArgs)}
 _SFT = {f.name for f in fields(SFTConfig)}
 _GRPO = {f.name for f in fields(GRPOConfig)}
-_SAMPLING = {"samples_per_prompt", "keep_per_prompt", "temperature", "top_p", "max_new_tokens", "min_examples", "seed"}
+_SAMPLING = {"samples_per_prompt", "keep_per_prompt", "temperature", "top_p", "max_new_tokens", "min_examples", "seed",
+             "sample_batch_size", "compile_decode"}   # the last two: how the outputs are generated (distill.sample)
 _SFT_SET = (_SFT - {"steps"}) | {"epochs", "tasks", "filters"} | _SAMPLING     # an SFT stage that builds its data
 _RL = _GRPO | {"steps", "eval_every", "tasks"}
 _FILTERS = {"ngram", "max_repeats", "max_paragraph_chars"}
@@ -48,7 +49,8 @@ SCHEMA = {
                     "reasoning_rl", "rejection_sft", "all_rl", "distill"},
     "model": _MODEL,
     "pretrain": _SFT | {"n_docs", "countdown_traces"},
-    "eval": {"sets", "n_per_set", "n_during", "k", "temperature", "top_p", "max_new_tokens", "seed", "compile_decode"},
+    "eval": {"sets", "n_per_set", "n_during", "k", "temperature", "top_p", "max_new_tokens", "seed", "compile_decode",
+             "batch_size"},
     "grpo": _GRPO,
     "zero": _RL,
     "reasoning_rl": _RL,
@@ -179,7 +181,7 @@ RULES = {
     "n_train": COUNT, "n_eval": COUNT, "eval_general": COUNT0, "eval_safety": COUNT0, "eval_k": COUNT,
     "eval_max_new_tokens": COUNT,
     # building an SFT set by rejection sampling
-    "samples_per_prompt": COUNT, "keep_per_prompt": COUNT, "min_examples": COUNT0, "n": COUNT0,
+    "samples_per_prompt": COUNT, "keep_per_prompt": COUNT, "min_examples": COUNT0, "n": COUNT0, "sample_batch_size": COUNT,
     "rl_student": Kind(),
     # distill filters (distill.reject_reason)
     "ngram": COUNT, "max_repeats": COUNT, "max_paragraph_chars": COUNT,

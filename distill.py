@@ -174,17 +174,19 @@ def gather(items: list, dist: Dist) -> list:
 
 @torch.no_grad()
 def sample(model, tok, tasks: list, prompt_fn, *, n: int, temperature: float, top_p: float = 1.0,
-           max_new_tokens: int, batch_size: int = 64, seed: int = 0, desc: str | None = None) -> list:
+           max_new_tokens: int, batch_size: int = 64, seed: int = 0, desc: str | None = None,
+           compiled: bool = False) -> list:
     """n outputs per task (in task order) -> [(task, prompt text, completion text, finished)]. The completion
     text stops before the EOS token; `finished` says whether there was one. desc: the label of a progress bar
-    over the generate() calls (None: no bar; callers pass one on rank 0 only)."""
+    over the generate() calls (None: no bar; callers pass one on rank 0 only). batch_size: rows per generate()
+    call (whole tasks: batch_size // n of them); compiled: the torch.compile'd decode step (sample.generate)."""
     out = []
     per = max(1, batch_size // n)
     for i in tqdm(range(0, len(tasks), per), desc=desc, disable=desc is None, leave=False):
         chunk = tasks[i:i + per]
         prompts = [prompt_fn(t) for t in chunk for _ in range(n)]
         gen = generate(model, [tok.encode(p) for p in prompts], max_new_tokens, temperature=temperature,
-                       top_p=top_p, eos_id=tok.eos_id, pad_id=tok.pad_id, seed=seed + i)
+                       top_p=top_p, eos_id=tok.eos_id, pad_id=tok.pad_id, seed=seed + i, compiled=compiled)
         for j, p in enumerate(prompts):
             end = int(gen.lengths[j]) - int(gen.finished[j])
             out.append((chunk[j // n], p, tok.decode(gen.tokens[j, :end].tolist()), bool(gen.finished[j])))
@@ -204,7 +206,8 @@ def collect(model, tok, tasks: list, prompt_fn, c: dict, dist: Dist, *, style: s
     mine = tasks[dist.rank::dist.world_size]
     outs = sample(model, tok, mine, prompt_fn, n=c["samples_per_prompt"], temperature=c["temperature"],
                   top_p=c.get("top_p", 1.0), max_new_tokens=c["max_new_tokens"], seed=c.get("seed", 0) + dist.rank,
-                  desc=f"sample {source or 'outputs'}" if dist.is_main else None)
+                  desc=f"sample {source or 'outputs'}" if dist.is_main else None,
+                  batch_size=c.get("sample_batch_size", 64), compiled=c.get("compile_decode", False))
     correct = judge([o[0] for o in outs], [o[2] for o in outs])
     records, stats, per_prompt, seen = [], Counter(), Counter(), set()
     for (task, prompt, text, finished), ok in zip(outs, correct):

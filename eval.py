@@ -175,7 +175,7 @@ def run_eval(model, tok, cfg, dist, fmt="r1zero", during: bool = False):
         sets = data.eval_sets(n, e["seed"], e["sets"], cfg.get("difficulty"))
     return evaluate(model, tok, sets, k=e["k"], temperature=e["temperature"], top_p=e["top_p"],
                     max_new_tokens=e["max_new_tokens"], dist=dist, prompt_fn=prompt_fn, style=style,
-                    compiled=e.get("compile_decode", False))
+                    batch_size=e.get("batch_size", 64), compiled=e.get("compile_decode", False))
 
 
 @on_full_params   # FSDP2: whole weights for sampling (common.full_params)

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_resumable, save_model
-from common import MetricsLogger, adamw, autocast, clip_grad_norm, print0, unwrap
+from common import MetricsLogger, adamw, autocast, clip_grad_norm, print0, trim_heap, unwrap
 
 
 @dataclass
@@ -199,6 +199,7 @@ def train(model, tokens, mask, cfg: SFTConfig, dist, out_dir: str, *, resume: bo
                    "tokens_per_s": n_tok / dt, "step_time": dt}
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             logger.log(step=step, **metrics)
+            trim_heap()                       # freed activations back to the system (common.trim_heap), now and then
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
         if (step + 1) % cfg.ckpt_every == 0 or step == cfg.steps - 1:
             save_model(ckpt_path, model, dist, step=step + 1, optimizer=opt, **(extra_ckpt or {}))
