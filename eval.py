@@ -4,6 +4,7 @@
     python eval.py --probe runs/toy/pretrain/model.pt --config toy   # does thinking pay for this model? -> probe.json
     python eval.py --probe M --config toy --difficulty.countdown '[3]' --max_new_tokens 768 --top 12  # overrides
     python eval.py --model runs/toy/zero/model.pt --config toy --eval-data test.jsonl   # a JSONL set (datasets_jsonl.py)
+    python eval.py --model runs/toy/zero/model.pt --config toy --seed 1 --out DIR   # another draw of the toy sets
 
 R1 §3's protocol: sample k outputs per question at temperature 0.6 and top-p 0.95 (no greedy decoding).
   pass@1  = the mean correctness over the k samples (averaged over questions)
@@ -303,7 +304,10 @@ def main(argv=None):
     from tokenizer import get_tokenizer
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--probe", metavar="MODEL_PT", help="a base model (e.g. runs/toy/pretrain/model.pt)")
-    ap.add_argument("--model", metavar="MODEL_PT", help="evaluate this model on --eval-data")
+    ap.add_argument("--model", metavar="MODEL_PT", help="evaluate this model on --eval-data, or on the config's "
+                    "held-out toy sets (its eval section; e.g. --seed 1 for another draw) into --out")
+    ap.add_argument("--out", metavar="DIR", help="--model on the toy sets: the folder for eval.json and "
+                    "eval_questions.jsonl (what report.py compares)")
     ap.add_argument("--eval-data", metavar="JSONL", help="the problems to evaluate on (datasets_jsonl.py)")
     ap.add_argument("--data-format", default="auto", help="how to read --eval-data: auto, problems, gsm8k, math, "
                     "countdown")
@@ -343,7 +347,10 @@ def eval_file(args, overrides=()):
     """`python eval.py --model M --eval-data FILE [--max_new_tokens 512 ...]`: R1 §3's protocol (the config's eval
     section: k, temperature, top_p, max_new_tokens; overrides as train_pipeline.py takes them, a bare key being
     one of the eval section's) on every problem of FILE -> eval_<file>.json (set -> metrics, and which file) and
-    eval_<file>_questions.jsonl (one row per question) beside the model."""
+    eval_<file>_questions.jsonl (one row per question) beside the model.
+    `python eval.py --model M --out DIR [--seed 1 ...]`: the config's own held-out toy sets (n_per_set questions
+    each, drawn with its eval seed) -> DIR/eval.json and DIR/eval_questions.jsonl, a stage folder's layout, so
+    that `python report.py DIR OTHER` pairs it with any stage evaluated on the same draw."""
     import json
     import os
 
@@ -352,27 +359,34 @@ def eval_file(args, overrides=()):
     from config import apply_overrides, check_values, load_config
     from datasets_jsonl import apply_to_config
     from tokenizer import get_tokenizer
-    if not args.eval_data:
-        raise SystemExit("error: --model needs --eval-data FILE (the problems to evaluate on)")
+    if bool(args.eval_data) == bool(args.out):
+        raise SystemExit("error: --model needs --eval-data FILE (the problems to evaluate on) or --out DIR (the "
+                         "config's held-out toy sets, written to DIR), not both")
     if not os.path.isfile(args.model):
         raise SystemExit(f"error: no model at {args.model}")
     cfg = apply_overrides(load_config(args.config), "eval", list(overrides))
-    cfg.update(eval_data=args.eval_data, data_format=args.data_format, bad_rows=args.bad_rows)
+    if args.eval_data:
+        cfg.update(eval_data=args.eval_data, data_format=args.data_format, bad_rows=args.bad_rows)
     if args.k:
         cfg["eval"]["k"] = args.k
     check_values(cfg, [], f"config '{args.config}'")
-    used = apply_to_config(cfg)
+    used = apply_to_config(cfg).get("eval") or {"toy_sets": cfg["eval"]["sets"], "seed": cfg["eval"]["seed"]}
     model, ck = build_model_from_checkpoint(args.model)
     results, _, questions = run_eval(model, get_tokenizer(ck.get("tokenizer") or cfg["tokenizer"]), cfg, Dist(),
                                      args.format)
-    stem = os.path.splitext(os.path.basename(args.eval_data))[0]
-    base = os.path.join(os.path.dirname(os.path.abspath(args.model)), f"eval_{stem}")
+    if args.eval_data:
+        stem = os.path.splitext(os.path.basename(args.eval_data))[0]
+        base = os.path.join(os.path.dirname(os.path.abspath(args.model)), f"eval_{stem}")
+        qpath = base + "_questions.jsonl"
+    else:
+        os.makedirs(args.out, exist_ok=True)
+        base, qpath = os.path.join(args.out, "eval"), os.path.join(args.out, "eval_questions.jsonl")
     with open(base + ".json", "w") as f:
-        json.dump({**results, "eval_data": used["eval"]}, f, indent=1)
-    write_jsonl(base + "_questions.jsonl", questions)
+        json.dump({**results, "eval_data": used}, f, indent=1)
+    write_jsonl(qpath, questions)
     for name, m in results.items():
         print(f"{name}: pass@1 {m['pass@1']:.3f} format {m['format']:.2f} ({m['n']} questions)")
-    print(f"wrote {base}.json and {base}_questions.jsonl")
+    print(f"wrote {base}.json and {qpath}")
 
 
 if __name__ == "__main__":

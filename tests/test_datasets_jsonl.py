@@ -13,6 +13,7 @@ import eval as evaluation
 import grpo
 import train_pipeline as tp
 from common import DataError, read_json, read_jsonl
+from config import load_config
 from rewards import accuracy_reward
 
 MICRO = os.path.join(tp.ROOT, "configs", "micro.json")
@@ -181,6 +182,18 @@ def test_zero_stage_trains_and_evaluates_on_jsonl_files(tmp_path, monkeypatch, c
     assert res["arith"]["n"] == 2 and res["countdown"]["n"] == 1 and res["eval_data"]["path"] == test
     qs = read_jsonl(str(d / "eval_test_questions.jsonl"))
     assert len(qs) == 3 and all(len(q["correct"]) == 1 and max(q["length"]) <= 4 for q in qs)
+
+    # and on another draw of the config's own toy sets (--seed), into a folder that report.py pairs
+    micro = load_config(MICRO)["eval"]
+    for seed in (0, 1):
+        evaluation.main(["--model", str(d / "model.pt"), "--config", MICRO, "--out", str(tmp_path / f"s{seed}"),
+                         "--seed", str(seed), "-k", "1", "--max_new_tokens", "4"])
+    draws = [read_jsonl(str(tmp_path / f"s{seed}" / "eval_questions.jsonl")) for seed in (0, 1)]
+    assert [len(q) for q in draws] == [len(micro["sets"]) * micro["n_per_set"]] * 2
+    assert read_json(str(tmp_path / "s1" / "eval.json"))["eval_data"] == {"toy_sets": micro["sets"], "seed": 1}
+    assert [q["prompt"] for q in draws[0]] != [q["prompt"] for q in draws[1]]       # another draw
+    with pytest.raises(SystemExit, match="--eval-data FILE .* or --out DIR"):
+        evaluation.main(["--model", str(d / "model.pt"), "--config", MICRO])
 
 
 def test_config_names_a_missing_data_file(tmp_path):
