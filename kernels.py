@@ -1264,9 +1264,9 @@ def _moe_ffn_grouped(x, topk_idx, topk_weight, w1, w3, w2, dtype):
     replaced by grouped GEMMs over expert segments whose row counts are rounded up by _bucket_rows (zero rows)."""
     N, K = topk_idx.shape
     E, D = w1.shape[0], x.shape[1]
-    # under torch.compile (the compiled decode step) too: _grouped_mm's fake-tensor kernel accepts only bf16, so
-    # tracing a larger fp32 decode batch through it fails; a decode batch's all-experts products are still small
-    if N * E <= _MOE_ALL_EXPERTS_ROWS or torch.compiler.is_compiling():
+    # and fp32 under torch.compile (the compiled decode step): _grouped_mm's fake-tensor kernel accepts only bf16,
+    # so tracing an fp32 batch through it fails; a decode batch's all-experts products are still small
+    if N * E <= _MOE_ALL_EXPERTS_ROWS or (torch.compiler.is_compiling() and dtype != torch.bfloat16):
         return _moe_ffn_all_experts(x, topk_idx, topk_weight, w1, w3, w2, dtype)
     if N * K <= E:
         return _moe_ffn_gathered(x, topk_idx, topk_weight, w1, w3, w2, dtype)
